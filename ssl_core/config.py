@@ -1,0 +1,240 @@
+"""params.yaml schema: every knob of the pipeline, validated before any work starts.
+
+A bad value raises ConfigError with one message naming the dotted key and what is allowed.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+PARAMS_FILE = "params.yaml"
+
+
+class ConfigError(ValueError):
+    """A params.yaml (or --set) value is wrong; the message names the key."""
+
+
+_OPTIONAL_KEYS = {"method_params", "augment"}
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _every_key_present(cls, data: Any) -> Any:
+        # Defaults document the knobs; params.yaml must still spell every one out.
+        if isinstance(data, dict):
+            missing = [k for k in cls.model_fields if k not in data and k not in _OPTIONAL_KEYS]
+            if missing:
+                raise ValueError(f"missing required key(s): {', '.join(missing)}")
+        return data
+
+
+class DataParams(_Section):
+    raw_dir: str = "data/raw"
+    prepared_dir: str = "data/prepared"
+    image_size: int = Field(28, ge=8, le=512)
+    channels: Literal["auto", 1, 3] = "auto"
+    val_fraction: float = Field(0.1, gt=0, lt=1)
+    label_fractions: list[float] = Field(default_factory=lambda: [0.01, 0.1, 1.0], min_length=1)
+    small_fraction_seeds: int = Field(3, ge=1, le=20)
+    max_unlabeled: int = Field(0, ge=0)
+
+    @field_validator("label_fractions")
+    @classmethod
+    def _fractions_in_range(cls, value: list[float]) -> list[float]:
+        for f in value:
+            if not 0 < f <= 1:
+                raise ValueError(f"every label fraction must be in (0, 1], got {f}")
+        return sorted(set(value))
+
+
+class PretrainParams(_Section):
+    method: str = "simclr"
+    backbone: Literal["resnet18", "resnet34", "resnet50", "resnet_narrow", "vit_tiny"] = "resnet_narrow"
+    small_stem: bool = True
+    width: int = Field(32, ge=4, le=256)
+    epochs: int = Field(30, ge=1)
+    batch_size: int = Field(256, ge=2)
+    optimizer: Literal["sgd", "adamw", "lars"] = "adamw"
+    lr: float = Field(0.002, gt=0)
+    weight_decay: float = Field(1e-4, ge=0)
+    warmup_epochs: int = Field(2, ge=0)
+    method_params: dict[str, Any] = Field(default_factory=dict)
+    augment: dict[str, Any] = Field(default_factory=dict)
+    knn_k: int = Field(20, ge=1)
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    log_every: int = Field(10, ge=1)
+
+
+class FinetuneParams(_Section):
+    protocols: list[Literal["linear", "finetune"]] = Field(default_factory=lambda: ["linear", "finetune"], min_length=1)
+    batch_size: int = Field(64, ge=1)
+    linear_epochs: int = Field(100, ge=1)
+    linear_lr: float = Field(0.01, gt=0)
+    finetune_epochs: int = Field(30, ge=1)
+    finetune_lr: float = Field(0.001, gt=0)
+    weight_decay: float = Field(1e-4, ge=0)
+    min_steps: int = Field(300, ge=0)
+    augment: dict[str, Any] = Field(default_factory=dict)
+
+
+class EvaluateParams(_Section):
+    knn_k: int = Field(20, ge=1)
+
+
+class TrackingParams(_Section):
+    experiment: str = Field("ssl-pipeline", min_length=1)
+    classifier_name: str = Field("ssl-classifier", min_length=1)
+    encoder_name: str = Field("ssl-encoder", min_length=1)
+
+
+class Params(_Section):
+    seed: int = Field(0, ge=0)
+    data: DataParams = Field(default_factory=DataParams)
+    pretrain: PretrainParams = Field(default_factory=PretrainParams)
+    finetune: FinetuneParams = Field(default_factory=FinetuneParams)
+    evaluate: EvaluateParams = Field(default_factory=EvaluateParams)
+    tracking: TrackingParams = Field(default_factory=TrackingParams)
+
+    @model_validator(mode="after")
+    def _method_knobs_are_known(self) -> "Params":
+        _check_method(self)
+        return self
+
+    def flat(self) -> dict[str, Any]:
+        """Dotted key -> value, for MLflow params."""
+        out: dict[str, Any] = {}
+
+        def walk(prefix: str, value: Any) -> None:
+            if isinstance(value, dict) and value:
+                for k, v in value.items():
+                    walk(f"{prefix}.{k}" if prefix else str(k), v)
+            else:
+                out[prefix] = json.dumps(value) if isinstance(value, (list, dict)) else value
+
+        walk("", self.model_dump(mode="json"))
+        return out
+
+
+def _check_method(params: Params) -> None:
+    # Imported here: the registry lives in the torch-only core.
+    from ssl_core.augment import AugmentConfig
+    from ssl_core.methods import get_method_class, method_names
+
+    p = params.pretrain
+    try:
+        cls = get_method_class(p.method)
+    except KeyError:
+        raise ValueError(f"pretrain.method: unknown method {p.method!r}; allowed: {', '.join(method_names())}")
+    _check_dataclass_overrides("pretrain.method_params", cls.Params, p.method_params)
+    _check_dataclass_overrides("pretrain.augment", AugmentConfig, p.augment)
+    _check_dataclass_overrides("finetune.augment", AugmentConfig, params.finetune.augment)
+    family = getattr(cls, "backbone_family", None)
+    if family == "vit" and not p.backbone.startswith("vit"):
+        raise ValueError(f"pretrain.backbone: method {p.method!r} needs a ViT backbone (vit_tiny), got {p.backbone!r}")
+    if family == "resnet" and p.backbone.startswith("vit"):
+        raise ValueError(f"pretrain.backbone: method {p.method!r} needs a ResNet backbone, got {p.backbone!r}")
+    if getattr(cls, "requires_color", False) and params.data.channels == 1:
+        raise ValueError(f"pretrain.method: {p.method!r} needs colour images but data.channels is 1")
+
+
+def _check_dataclass_overrides(key: str, dc: type, overrides: dict[str, Any]) -> None:
+    fields = {f.name: f for f in dataclasses.fields(dc)}
+    for name, value in overrides.items():
+        if name not in fields:
+            raise ValueError(f"{key}.{name}: unknown key; allowed: {', '.join(sorted(fields))}")
+        default = getattr(dc(), name)
+        if isinstance(default, bool):
+            ok = isinstance(value, bool)
+        elif isinstance(default, (int, float)):
+            ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+        elif isinstance(default, (tuple, list)):
+            ok = isinstance(value, (list, tuple)) and len(value) == len(default)
+        else:
+            ok = isinstance(value, type(default))
+        if not ok:
+            raise ValueError(f"{key}.{name}: expected a value like {default!r}, got {value!r}")
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """'pretrain.epochs=5' -> ('pretrain.epochs', 5); the value is parsed as YAML."""
+    if "=" not in text:
+        raise ConfigError(f"--set {text!r}: expected KEY=VALUE, e.g. pretrain.epochs=5")
+    key, raw = text.split("=", 1)
+    return key.strip(), yaml.safe_load(raw)
+
+
+def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    for text in overrides:
+        key, value = parse_override(text)
+        node = raw
+        parts = key.split(".")
+        for part in parts[:-1]:
+            if not isinstance(node.get(part), dict):
+                node[part] = {}
+            node = node[part]
+        node[parts[-1]] = value
+    return raw
+
+
+def _format_error(err: ValidationError) -> str:
+    first = err.errors()[0]
+    key = ".".join(str(p) for p in first["loc"])
+    msg = first["msg"]
+    if first["type"] == "missing":
+        msg = "missing required key"
+    elif first["type"] == "extra_forbidden":
+        msg = "unknown key (typo?)"
+    elif "literal" in first["type"]:
+        msg = f"{msg} (got {first.get('input')!r})"
+    msg = msg.removeprefix("Value error, ")
+    text = f"{key}: {msg}" if key and not msg.startswith(key) else msg
+    if len(err.errors()) > 1:
+        text += f" (and {len(err.errors()) - 1} more problem(s))"
+    return f"params.yaml: {text}"
+
+
+def validate(raw: dict[str, Any]) -> Params:
+    try:
+        return Params.model_validate(raw)
+    except ValidationError as err:
+        raise ConfigError(_format_error(err)) from None
+
+
+def load_params(path: str | Path = PARAMS_FILE, overrides: list[str] | None = None) -> Params:
+    path = Path(path)
+    if not path.exists():
+        raise ConfigError(f"{path}: not found; run from the project root or pass --params")
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path}: not valid YAML ({err})") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: expected a mapping at the top level")
+    return validate(apply_overrides(raw, overrides or []))
+
+
+def reference_markdown() -> str:
+    """Configuration reference generated from the schema (README section)."""
+    lines = ["| key | type | default |", "|---|---|---|"]
+
+    def walk(prefix: str, model: type[BaseModel]) -> None:
+        for name, field in model.model_fields.items():
+            ann = field.annotation
+            key = f"{prefix}{name}"
+            if isinstance(ann, type) and issubclass(ann, BaseModel):
+                walk(key + ".", ann)
+                continue
+            default = field.get_default(call_default_factory=True)
+            type_name = getattr(ann, "__name__", str(ann)).replace("typing.", "")
+            lines.append(f"| `{key}` | {type_name} | `{json.dumps(default)}` |")
+
+    walk("", Params)
+    return "\n".join(lines)

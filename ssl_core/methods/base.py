@@ -1,0 +1,61 @@
+"""The one interface every SSL method implements.
+
+A method owns: how it turns a uint8 batch into views/targets, the loss, its heads, and whatever it
+must checkpoint beyond the encoder (momentum encoders, queues: registered as buffers/submodules so
+`state_dict()` carries them). The trainer only calls `loss()` and `after_step()`.
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import torch
+from torch import nn
+
+from ssl_core.augment import AugmentConfig
+
+registry: dict[str, type["SSLMethod"]] = {}
+
+
+class SSLMethod(nn.Module):
+    name: ClassVar[str] = ""
+    # Method knobs (pretrain.method_params): a dataclass whose defaults are the paper's.
+    Params: ClassVar[type] = dataclass(type("NoParams", (), {}))
+    # Augmentation recipe: overrides of AugmentConfig's defaults (pretrain.augment overrides these).
+    augment_recipe: ClassVar[dict[str, Any]] = {}
+    backbone_family: ClassVar[str | None] = None   # "vit" | "resnet" | None (any)
+    requires_color: ClassVar[bool] = False
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if cls.name:
+            registry[cls.name] = cls
+
+    def __init__(self, backbone: nn.Module, params: Any, augment: AugmentConfig, image_shape: tuple[int, int, int]):
+        super().__init__()
+        self.backbone = backbone
+        self.params = params
+        self.augment = augment
+        self.image_shape = image_shape
+
+    @classmethod
+    def build(cls, backbone: nn.Module, method_params: dict | None = None, augment_overrides: dict | None = None,
+              image_shape: tuple[int, int, int] = (3, 32, 32)) -> "SSLMethod":
+        params = cls.Params(**(method_params or {}))
+        augment = AugmentConfig().with_overrides({**cls.augment_recipe, **(augment_overrides or {})})
+        if cls.requires_color and image_shape[0] != 3:
+            raise ValueError(f"method {cls.name!r} needs colour (3-channel) images; this data set has "
+                             f"{image_shape[0]} channel(s). Pick another pretrain.method.")
+        return cls(backbone, params, augment, image_shape)
+
+    def loss(self, images_u8: torch.Tensor, gen: torch.Generator | None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """Make this method's views/targets from a uint8 batch and return (loss, extra metrics)."""
+        raise NotImplementedError
+
+    @torch.no_grad()
+    def after_step(self, progress: float) -> None:
+        """Called after each optimizer step; progress in [0, 1] (momentum schedules)."""
+
+    def describe(self) -> dict[str, Any]:
+        return {"method": self.name, **dataclasses.asdict(self.params)}

@@ -1,0 +1,106 @@
+"""Encoders: torchvision ResNets (optional small-image stem), a narrow ResNet for CPU runs, a small ViT.
+
+Every backbone takes float images in [0, 1] shaped [B, C, H, W] and returns features [B, out_dim].
+Input normalisation lives inside, so an exported encoder is self-contained.
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torchvision.models import resnet
+from torchvision.models.vision_transformer import VisionTransformer
+
+RESNET_NAMES = ("resnet18", "resnet34", "resnet50", "resnet_narrow")
+BACKBONE_NAMES = RESNET_NAMES + ("vit_tiny",)
+
+
+class Backbone(nn.Module):
+    """Wraps a trunk: normalise -> trunk -> [B, out_dim] features."""
+
+    def __init__(self, trunk: nn.Module, out_dim: int, in_channels: int, name: str):
+        super().__init__()
+        self.trunk = trunk
+        self.out_dim = out_dim
+        self.in_channels = in_channels
+        self.name = name
+        # Fixed normalisation (images are in [0, 1]); BatchNorm/LayerNorm absorb the rest.
+        self.register_buffer("mean", torch.full((1, in_channels, 1, 1), 0.5), persistent=False)
+        self.register_buffer("std", torch.full((1, in_channels, 1, 1), 0.25), persistent=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.trunk((x - self.mean) / self.std)
+
+
+def _resnet(name: str, in_channels: int, small_stem: bool, width: int) -> tuple[nn.Module, int]:
+    if name == "resnet_narrow":
+        # ResNet-18 layout at a fraction of the width: what a 2-core CPU can pretrain in minutes.
+        net = resnet.ResNet(resnet.BasicBlock, [2, 2, 2, 2], width_per_group=64)
+        net = _rewidth(net, width)
+    else:
+        net = getattr(resnet, name)(weights=None)
+    out_dim = net.fc.in_features
+    stem_out = net.conv1.out_channels
+    if small_stem:
+        net.conv1 = nn.Conv2d(in_channels, stem_out, kernel_size=3, stride=1, padding=1, bias=False)
+        net.maxpool = nn.Identity()
+    elif in_channels != 3:
+        net.conv1 = nn.Conv2d(in_channels, stem_out, kernel_size=7, stride=2, padding=3, bias=False)
+    net.fc = nn.Identity()
+    return net, out_dim
+
+
+def _rewidth(net: resnet.ResNet, width: int) -> resnet.ResNet:
+    """Rebuild a BasicBlock ResNet whose stages have width, 2w, 4w, 8w channels."""
+    narrow = resnet.ResNet.__new__(resnet.ResNet)
+    nn.Module.__init__(narrow)
+    narrow._norm_layer = nn.BatchNorm2d
+    narrow.inplanes, narrow.dilation, narrow.groups, narrow.base_width = width, 1, 1, 64
+    narrow.conv1 = nn.Conv2d(3, width, kernel_size=7, stride=2, padding=3, bias=False)
+    narrow.bn1 = nn.BatchNorm2d(width)
+    narrow.relu = nn.ReLU(inplace=True)
+    narrow.maxpool = nn.MaxPool2d(kernel_size=3, stride=2, padding=1)
+    narrow.layer1 = narrow._make_layer(resnet.BasicBlock, width, 2)
+    narrow.layer2 = narrow._make_layer(resnet.BasicBlock, width * 2, 2, stride=2)
+    narrow.layer3 = narrow._make_layer(resnet.BasicBlock, width * 4, 2, stride=2)
+    narrow.layer4 = narrow._make_layer(resnet.BasicBlock, width * 8, 2, stride=2)
+    narrow.avgpool = nn.AdaptiveAvgPool2d((1, 1))
+    narrow.fc = nn.Linear(width * 8, 1000)
+    for m in narrow.modules():
+        if isinstance(m, nn.Conv2d):
+            nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+    return narrow
+
+
+class ViTTrunk(nn.Module):
+    """torchvision VisionTransformer sized for 28-32 px images; returns the class token."""
+
+    def __init__(self, image_size: int, in_channels: int, patch_size: int, dim: int = 192, depth: int = 6, heads: int = 3):
+        super().__init__()
+        self.vit = VisionTransformer(image_size=image_size, patch_size=patch_size, num_layers=depth,
+                                     num_heads=heads, hidden_dim=dim, mlp_dim=dim * 4, num_classes=1)
+        if in_channels != 3:
+            self.vit.conv_proj = nn.Conv2d(in_channels, dim, kernel_size=patch_size, stride=patch_size)
+        self.vit.heads = nn.Identity()
+        self.patch_size = patch_size
+        self.dim = dim
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.vit(x)
+
+
+def vit_patch_size(image_size: int) -> int:
+    for p in (4, 7, 8, 2):
+        if image_size % p == 0:
+            return p
+    raise ValueError(f"data.image_size {image_size} has no ViT patch size among 2, 4, 7, 8")
+
+
+def build_backbone(name: str, in_channels: int, image_size: int, small_stem: bool = True, width: int = 32) -> Backbone:
+    if name in RESNET_NAMES:
+        trunk, out_dim = _resnet(name, in_channels, small_stem, width)
+    elif name == "vit_tiny":
+        trunk = ViTTrunk(image_size, in_channels, vit_patch_size(image_size))
+        out_dim = trunk.dim
+    else:
+        raise ValueError(f"unknown backbone {name!r}; allowed: {', '.join(BACKBONE_NAMES)}")
+    return Backbone(trunk, out_dim, in_channels, name)
