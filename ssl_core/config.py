@@ -42,6 +42,7 @@ class DataParams(_Section):
     image_size: int = Field(28, ge=8, le=512)
     channels: Literal["auto", 1, 3] = "auto"
     val_fraction: float = Field(0.1, gt=0, lt=1)
+    test_fraction: float = Field(0.2, gt=0, lt=1)
     label_fractions: list[float] = Field(default_factory=lambda: [0.01, 0.1, 1.0], min_length=1)
     small_fraction_seeds: int = Field(3, ge=1, le=20)
     max_unlabeled: int = Field(0, ge=0)

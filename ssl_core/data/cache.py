@@ -1,0 +1,65 @@
+"""The prepared data cache: one uint8 tensor file per split, loaded memory-mapped.
+
+A split file holds {"images": uint8 [N, C, S, S], "labels": int64 [N]} (labels -1 when unlabeled)
+and is read with weights_only=True, so nothing in it is unpickled as code.
+"""
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+SPLITS = ("unlabeled", "train", "val", "test")
+
+
+@dataclass
+class Split:
+    images: torch.Tensor   # uint8 [N, C, S, S]
+    labels: torch.Tensor   # int64 [N]
+
+    def __len__(self) -> int:
+        return self.images.shape[0]
+
+    def subset(self, idx) -> "Split":
+        idx = torch.as_tensor(idx, dtype=torch.long)
+        return Split(self.images[idx], self.labels[idx])
+
+
+def atomic_torch_save(obj, path: Path) -> None:
+    """Write to a temp file, fsync, rename: a crash never leaves a half-written file at `path`."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        with open(tmp, "wb") as fh:
+            torch.save(obj, fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def save_split(path: Path, images: np.ndarray, labels: np.ndarray) -> None:
+    atomic_torch_save({"images": torch.from_numpy(np.ascontiguousarray(images, dtype=np.uint8)),
+                       "labels": torch.from_numpy(np.asarray(labels, dtype=np.int64))}, path)
+
+
+def load_split(prepared_dir: Path, name: str) -> Split:
+    path = Path(prepared_dir) / f"{name}.pt"
+    if not path.exists():
+        raise FileNotFoundError(f"{path} is missing: run the prepare stage first (dvc repro prepare)")
+    data = torch.load(path, weights_only=True, mmap=True)
+    return Split(data["images"], data["labels"])
+
+
+def load_meta(prepared_dir: Path) -> dict:
+    return json.loads((Path(prepared_dir) / "meta.json").read_text())
+
+
+def load_fractions(prepared_dir: Path) -> dict[str, dict[str, list[int]]]:
+    """{fraction: {seed: [indices into train]}} written by prepare."""
+    return json.loads((Path(prepared_dir) / "fractions.json").read_text())

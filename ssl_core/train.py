@@ -1,0 +1,144 @@
+"""The pretraining loop: uint8 cache -> method.loss -> optimizer, with warm-up + cosine LR.
+
+Randomness is derived from (seed, step) rather than carried along, so a resumed run draws exactly
+the batches and augmentations the uninterrupted run would have drawn.
+"""
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+from torch import nn
+
+from ssl_core import distributed as dist_utils
+from ssl_core.optim import build_optimizer, warmup_cosine
+
+
+@dataclass
+class TrainConfig:
+    epochs: int
+    batch_size: int
+    optimizer: str = "adamw"
+    lr: float = 1e-3
+    weight_decay: float = 1e-4
+    warmup_epochs: int = 0
+    seed: int = 0
+    device: str = "cpu"
+    log_every: int = 10
+
+
+class NonFiniteLoss(RuntimeError):
+    """The loss became NaN/Inf: training stops, the last good checkpoint is kept."""
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("pretrain.device is 'cuda' but no CUDA device is available; use 'auto' or 'cpu'")
+    return torch.device(name)
+
+
+def step_generator(seed: int, step: int, device: torch.device) -> torch.Generator:
+    gen = torch.Generator(device=device)
+    gen.manual_seed(seed * 1_000_003 + step)
+    return gen
+
+
+def epoch_order(seed: int, epoch: int, n: int) -> torch.Tensor:
+    """The sample order of one epoch (same on every rank; each rank takes its own stride)."""
+    gen = torch.Generator().manual_seed(seed * 7919 + epoch)
+    return torch.randperm(n, generator=gen)
+
+
+def steps_per_epoch(n: int, batch_size: int) -> int:
+    # drop_last: contrastive losses want full batches, and every rank needs the same step count
+    return max(n // batch_size, 1)
+
+
+def train_step(method: nn.Module, optimizer: torch.optim.Optimizer, batch_u8: torch.Tensor,
+               gen: torch.Generator | None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """One optimizer step of any method. Returns the (detached) loss without a host sync."""
+    loss, extra = method.loss(batch_u8, gen)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    return loss.detach(), extra
+
+
+@dataclass
+class TrainState:
+    """Where training is: restored from a checkpoint to resume mid-epoch."""
+    epoch: int = 0
+    step_in_epoch: int = 0
+    global_step: int = 0
+
+
+def pretrain(method: nn.Module, images_u8: torch.Tensor, cfg: TrainConfig,
+             on_epoch_end: Callable[[int, dict], None] | None = None,
+             on_step: Callable[[TrainState, float], None] | None = None,
+             checkpointer=None, progress: Callable[[str], None] | None = None) -> list[dict]:
+    """Train `method` on the unlabeled uint8 cache [N, C, H, W]. Returns per-epoch metrics.
+
+    checkpointer: object with `restore(method, optimizer, scheduler) -> TrainState|None` and
+    `maybe_save(method, optimizer, scheduler, state, epoch_end: bool)`; None disables checkpoints.
+    """
+    device = torch.device(cfg.device)
+    method.to(device)
+    world, rank = dist_utils.world_size(), dist_utils.rank()
+    per_rank_batch = cfg.batch_size // world
+    n = images_u8.shape[0]
+    spe = steps_per_epoch(n, cfg.batch_size)
+    total = spe * cfg.epochs
+    optimizer = build_optimizer(method, cfg.optimizer, cfg.lr, cfg.weight_decay)
+    scheduler = warmup_cosine(optimizer, warmup_steps=spe * cfg.warmup_epochs, total_steps=total)
+    state = TrainState()
+    if checkpointer is not None:
+        state = checkpointer.restore(method, optimizer, scheduler) or state
+    history: list[dict] = []
+    pinned = device.type == "cuda"
+    method.train()
+    while state.epoch < cfg.epochs:
+        order = epoch_order(cfg.seed, state.epoch, n)
+        t0, losses = time.perf_counter(), []
+        for step in range(state.step_in_epoch, spe):
+            idx = order[step * cfg.batch_size:(step + 1) * cfg.batch_size]
+            idx = idx[rank * per_rank_batch:(rank + 1) * per_rank_batch]
+            batch = images_u8[idx]
+            batch = batch.pin_memory().to(device, non_blocking=True) if pinned else batch.to(device)
+            gen = step_generator(cfg.seed, state.global_step * world + rank, device)
+            loss, _ = train_step(method, optimizer, batch, gen)
+            scheduler.step()
+            method.after_step((state.global_step + 1) / total)
+            losses.append(loss)
+            state.global_step += 1
+            state.step_in_epoch = step + 1
+            if state.global_step % cfg.log_every == 0 or step == spe - 1:
+                value = loss.item()   # host sync only every log_every steps
+                if not math.isfinite(value):
+                    raise NonFiniteLoss(f"pretraining loss became {value} at step {state.global_step} "
+                                        f"(epoch {state.epoch + 1}); the last good checkpoint is kept")
+                if progress:
+                    progress(f"epoch {state.epoch + 1}/{cfg.epochs} step {step + 1}/{spe} loss {value:.4f} "
+                             f"lr {scheduler.get_last_lr()[0]:.2e}")
+                if on_step:
+                    on_step(state, value)
+            if checkpointer is not None:
+                checkpointer.maybe_save(method, optimizer, scheduler, state, epoch_end=False)
+        epoch_loss = torch.stack(losses).mean().item() if losses else float("nan")
+        if not math.isfinite(epoch_loss):
+            raise NonFiniteLoss(f"pretraining loss became {epoch_loss} in epoch {state.epoch + 1} "
+                                f"(step {state.global_step}); the last good checkpoint is kept")
+        metrics = {"epoch": state.epoch + 1, "loss": epoch_loss, "seconds": time.perf_counter() - t0,
+                   "lr": scheduler.get_last_lr()[0]}
+        state.epoch += 1
+        state.step_in_epoch = 0
+        if on_epoch_end:
+            on_epoch_end(state.epoch, metrics)   # may add e.g. knn accuracy to metrics
+        history.append(metrics)
+        if checkpointer is not None:
+            checkpointer.maybe_save(method, optimizer, scheduler, state, epoch_end=True)
+    return history
