@@ -24,6 +24,7 @@ import random
 import stat
 import struct
 import warnings
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -39,9 +40,8 @@ _EXT_TO_FORMAT = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG", ".bmp": "BMP",
 if features.check("webp"):
     _EXT_TO_FORMAT[".webp"] = "WEBP"
 IMAGE_EXTENSIONS: frozenset[str] = frozenset(_EXT_TO_FORMAT)
-# The only decoders PIL may use; MPO is how PIL names multi-picture JPEGs from cameras.
-Image.init()  # register every plugin so the names below resolve
-_PIL_FORMATS = tuple(sorted(f for f in set(_EXT_TO_FORMAT.values()) | {"MPO"} if f in Image.OPEN))
+# The only decoders PIL may use (camera multi-picture JPEGs come through "JPEG" as format MPO).
+_PIL_FORMATS = tuple(sorted(set(_EXT_TO_FORMAT.values())))
 _GRAY_MODES = {"1", "L", "LA", "La", "I", "I;16", "I;16B", "I;16L", "I;16N"}
 _SIXTEEN_BIT = {"I", "I;16", "I;16B", "I;16L", "I;16N"}
 
@@ -79,113 +79,110 @@ def _rel(path: Path, root: Path) -> str:
         return path.as_posix()
 
 
-def _inside(path: Path, root_real: Path) -> bool:
-    real = Path(os.path.realpath(path))
-    return real == root_real or root_real in real.parents
-
-
 # ----------------------------------------------------------------------------- listing
-def _existing_folder(root: Path) -> Path:
-    root = Path(root)
-    if not root.is_dir():
-        raise FileNotFoundError(f"data folder not found: {root}")
-    return root
+class _Lister:
+    """Lists start folders depth-first. Symlinked folders are walked only after every real folder,
+    so when a link points at a folder that is listed anyway, the real path wins and the link is
+    reported instead of listing the same files twice (this also ends symlink loops)."""
 
+    def __init__(self, root: Path):
+        self.root = Path(root)
+        if not self.root.is_dir():
+            raise FileNotFoundError(f"data folder not found: {root}")
+        self.root_real = os.path.realpath(self.root)
+        self.files: list[tuple[Path, str]] = []  # (path, tag: the class name or "")
+        self.rejected: list[Rejected] = []
+        self._seen: set[str] = set()
+        self._links: list[tuple[Path, str]] = []
 
-def _walk(folder: Path, root: Path, root_real: Path, files: list[Path], rejected: list[Rejected],
-          seen: set[str]) -> None:
-    """Collect candidate image files under `folder` (recursive, sorted); report everything else."""
-    seen.add(os.path.realpath(folder))
-    try:
-        entries = sorted(os.scandir(folder), key=lambda e: e.name)
-    except OSError as exc:
-        rejected.append(Rejected(_rel(folder, root), f"unreadable folder ({exc.strerror or exc})"))
-        return
-    for entry in entries:
-        path = Path(entry.path)
-        rel = _rel(path, root)
-        try:
-            is_dir = entry.is_dir()  # follows symlinks
-            if entry.name.startswith("."):
-                rejected.append(Rejected(rel, "hidden folder skipped" if is_dir else "hidden file skipped"))
+    def reject(self, path: Path, reason: str) -> None:
+        self.rejected.append(Rejected(_rel(path, self.root), reason))
+
+    def problem(self, entry: os.DirEntry) -> str | None:
+        """Why an entry is never used (hidden, broken or escaping link), else None."""
+        if entry.name.startswith("."):
+            return "hidden folder skipped" if entry.is_dir() else "hidden file skipped"
+        if entry.is_symlink():
+            real = os.path.realpath(entry.path)
+            if not os.path.exists(real):
+                return "broken symlink"
+            if real != self.root_real and not real.startswith(self.root_real + os.sep):
+                return "symlink escapes data folder"
+        return None
+
+    def run(self, starts: list[tuple[Path, str]]) -> None:
+        for folder, tag in starts:
+            (self._links.append((folder, tag)) if folder.is_symlink() else self._walk(folder, tag))
+        while self._links:  # links met inside linked folders join the queue
+            link, tag = self._links.pop(0)
+            if os.path.realpath(link) in self._seen:
+                self.reject(link, "folder already listed (symlink to a listed folder)")
+            else:
+                self._walk(link, tag)
+        self.files.sort()
+
+    def _walk(self, start: Path, tag: str) -> None:
+        stack = [start]  # explicit stack: hostile data may nest folders deeper than Python recursion
+        while stack:
+            folder = stack.pop()
+            self._seen.add(os.path.realpath(folder))
+            try:
+                entries = sorted(os.scandir(folder), key=lambda e: e.name)
+            except OSError as exc:
+                self.reject(folder, f"unreadable folder ({exc.strerror or exc})")
                 continue
-            if entry.is_symlink():
-                if not os.path.exists(path):
-                    rejected.append(Rejected(rel, "broken symlink"))
-                    continue
-                if not _inside(path, root_real):
-                    rejected.append(Rejected(rel, "symlink escapes data folder"))
-                    continue
-            if is_dir:
-                if os.path.realpath(path) in seen:  # a symlink loop or a second link to a folder
-                    rejected.append(Rejected(rel, "folder already listed (symlink loop)"))
-                    continue
-                _walk(path, root, root_real, files, rejected, seen)
-                continue
-            if not stat.S_ISREG(os.stat(path).st_mode):  # fifos/devices would block or never end
-                rejected.append(Rejected(rel, "not a regular file"))
-                continue
-        except OSError as exc:
-            rejected.append(Rejected(rel, f"unreadable entry ({exc.strerror or exc})"))
-            continue
-        ext = path.suffix.lower()
-        if ext not in IMAGE_EXTENSIONS:
-            rejected.append(Rejected(rel, f"unsupported format {ext or '(no extension)'}"))
-            continue
-        files.append(path)
+            for entry in entries:
+                path = Path(entry.path)
+                try:
+                    reason = self.problem(entry)
+                    if reason is None and entry.is_dir():
+                        if entry.is_symlink():
+                            self._links.append((path, tag))
+                        else:
+                            stack.append(path)
+                        continue
+                    if reason is None and not stat.S_ISREG(os.stat(path).st_mode):
+                        reason = "not a regular file"  # a fifo or device would block or never end
+                except OSError as exc:
+                    reason = f"unreadable entry ({exc.strerror or exc})"
+                ext = path.suffix.lower()
+                if reason is None and ext not in IMAGE_EXTENSIONS:
+                    reason = f"unsupported format {ext or '(no extension)'}"
+                if reason is None:
+                    self.files.append((path, tag))
+                else:
+                    self.reject(path, reason)
 
 
 def list_unlabeled(root: Path) -> tuple[list[Path], list[Rejected]]:
     """Every supported image file under `root` (recursive, sorted) and what was left out."""
-    root = _existing_folder(root)
-    files: list[Path] = []
-    rejected: list[Rejected] = []
-    _walk(root, root, Path(os.path.realpath(root)), files, rejected, set())
-    return files, rejected
+    lister = _Lister(root)
+    lister.run([(lister.root, "")])
+    return [path for path, _ in lister.files], lister.rejected
 
 
 def list_labeled(root: Path) -> tuple[list[tuple[Path, str]], list[str], list[Rejected]]:
     """One subfolder per class (images may sit in nested folders inside it).
 
     Returns ([(path, class_name)], sorted class names, rejected). Files directly under `root` are
-    rejected ("not inside a class folder"); a class folder without a usable candidate file is
-    reported ("empty class folder") and is not a class.
+    rejected ("not inside a class folder"); a class folder without a single candidate image file
+    is reported ("empty class folder") and is not a class.
     """
-    root = _existing_folder(root)
-    root_real = Path(os.path.realpath(root))
-    top: list[Path] = []
-    rejected: list[Rejected] = []
-    _walk_top_level(root, root_real, top, rejected)
-    items: list[tuple[Path, str]] = []
-    classes: list[str] = []
-    seen = {str(root_real)}
-    for folder in top:
-        files: list[Path] = []
-        _walk(folder, root, root_real, files, rejected, seen)
-        if not files:
-            rejected.append(Rejected(_rel(folder, root), "empty class folder"))
-            continue
-        classes.append(folder.name)
-        items.extend((f, folder.name) for f in files)
-    return items, sorted(classes), rejected
-
-
-def _walk_top_level(root: Path, root_real: Path, folders: list[Path], rejected: list[Rejected]) -> None:
-    # Reuse _walk's checks on the top level only: its files are in the wrong place.
-    files: list[Path] = []
-    for entry in sorted(os.scandir(root), key=lambda e: e.name):
-        path = Path(entry.path)
-        if entry.is_dir() and not entry.name.startswith("."):
-            if entry.is_symlink() and not _inside(path, root_real):
-                rejected.append(Rejected(_rel(path, root), "symlink escapes data folder"))
-            else:
-                folders.append(path)
-        elif entry.name.startswith("."):
-            rejected.append(Rejected(_rel(path, root), "hidden folder skipped" if entry.is_dir()
-                                     else "hidden file skipped"))
+    lister = _Lister(root)
+    starts: list[tuple[Path, str]] = []
+    for entry in sorted(os.scandir(lister.root), key=lambda e: e.name):
+        reason = lister.problem(entry)
+        if reason is None and entry.is_dir():
+            starts.append((Path(entry.path), entry.name))
         else:
-            files.append(path)
-    rejected.extend(Rejected(_rel(f, root), "not inside a class folder") for f in files)
+            lister.reject(Path(entry.path), reason or "not inside a class folder")
+    lister.run(starts)
+    counts = Counter(tag for _, tag in lister.files)
+    for folder, tag in starts:
+        if counts[tag] == 0:
+            lister.reject(folder, "empty class folder")
+    return lister.files, sorted(counts), lister.rejected
+
 
 
 # ----------------------------------------------------------------------------- decoding
@@ -279,8 +276,10 @@ def _resize(im: Image.Image, size: int, original: tuple[int, int], notes: list[s
     if (w, h) == (size, size):
         return im
     side = min(w, h)
-    left, top = (w - side) / 2, (h - side) / 2
-    out = im.resize((size, size), Image.Resampling.BICUBIC, box=(left, top, left + side, top + side))
+    left, top = (w - side) // 2, (h - side) // 2
+    if (w, h) != (side, side):
+        im = im.crop((left, top, left + side, top + side))
+    out = im.resize((size, size), Image.Resampling.BICUBIC)
     crop = "" if original[0] == original[1] else " (centre crop)"
     notes.append(f"resized {original[0]}x{original[1]} -> {size}x{size}{crop}")
     return out
@@ -339,7 +338,7 @@ def decode_images(items: list[tuple[Path, int]], root: Path, image_size: int, ch
     hashes: list[str] = []
     rejected: list[Rejected] = []
     notes: list[Note] = []
-    step = max(1, total // 100)
+    step = max(1, -(-total // 100))  # about 100 calls in all
     for i, (path, label) in enumerate(items):
         rel = _rel(Path(path), root)
         try:
