@@ -60,6 +60,7 @@ class PretrainParams(_Section):
     method: str = "simclr"
     backbone: Literal["resnet18", "resnet34", "resnet50", "resnet_narrow", "vit_tiny"] = "resnet_narrow"
     small_stem: bool = True
+    stem_stride: Literal[1, 2] = 1
     width: int = Field(32, ge=4, le=256)
     epochs: int = Field(30, ge=1)
     batch_size: int = Field(256, ge=2)
@@ -72,6 +73,7 @@ class PretrainParams(_Section):
     knn_k: int = Field(20, ge=1)
     device: Literal["auto", "cpu", "cuda"] = "auto"
     log_every: int = Field(10, ge=1)
+    checkpoint_every: int = Field(50, ge=0)
 
 
 class FinetuneParams(_Section):
@@ -96,6 +98,11 @@ class TrackingParams(_Section):
     encoder_name: str = Field("ssl-encoder", min_length=1)
 
 
+class FlowParams(_Section):
+    retries: int = Field(2, ge=0, le=10)
+    retry_delay_seconds: list[int] = Field(default_factory=lambda: [10, 60], min_length=1)
+
+
 class Params(_Section):
     seed: int = Field(0, ge=0)
     data: DataParams = Field(default_factory=DataParams)
@@ -103,6 +110,7 @@ class Params(_Section):
     finetune: FinetuneParams = Field(default_factory=FinetuneParams)
     evaluate: EvaluateParams = Field(default_factory=EvaluateParams)
     tracking: TrackingParams = Field(default_factory=TrackingParams)
+    flow: FlowParams = Field(default_factory=FlowParams)
 
     @model_validator(mode="after")
     def _method_knobs_are_known(self) -> "Params":

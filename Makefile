@@ -1,0 +1,39 @@
+# Two commands for a fresh machine: `make run` (whole pipeline on the demo data) and `make test`.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+# torch/torchvision pinned to the builds the dev machines serve from local disk (see README).
+TORCH  := torch==2.14.1 torchvision==0.29.1
+export PREFECT_SERVER_ANALYTICS_ENABLED ?= false
+export DO_NOT_TRACK ?= 1
+export DVC_NO_ANALYTICS ?= 1
+
+.PHONY: run test install ui bench clean-outputs
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+
+# Reinstall only when the dependency list changes (a second `make run` must be fast).
+$(VENV)/.installed: pyproject.toml | $(BIN)/python
+	$(BIN)/pip install $(TORCH)
+	$(BIN)/pip install -e ".[test]"
+	touch $@
+
+install: $(VENV)/.installed
+
+run: install
+	$(BIN)/ssl-pipeline data demo
+	$(BIN)/ssl-pipeline run
+
+test: install
+	$(BIN)/python -m pytest -q
+
+ui: install
+	$(BIN)/ssl-pipeline ui
+
+bench: install
+	$(BIN)/ssl-pipeline bench --method simclr --backbone resnet18 --no-small-stem --image-size 32 --batch-size 256 --steps 20
+
+clean-outputs:
+	rm -rf data/prepared models metrics plots reports checkpoints

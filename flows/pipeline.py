@@ -1,0 +1,77 @@
+"""The pipeline as a Prefect flow: one task per DVC stage, then model registration.
+
+Thin on purpose: every task calls a stage through DVC (so dvc.lock stays the record of what ran)
+or a function in ssl_core. Retries come from params.yaml (flow.retries); a retried pretrain resumes
+from its last checkpoint.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import mlflow
+import pandas as pd
+from prefect import flow, get_run_logger, task
+from prefect.artifacts import create_markdown_artifact, create_table_artifact
+from prefect.runtime import flow_run
+
+from ssl_core import tracking
+from ssl_core.config import Params, load_params
+from ssl_core.dvcops import require_data
+from ssl_core.registry import register_pipeline_models
+from ssl_core.repro import STAGES, repro_stage
+from ssl_core.summary import label_efficiency_markdown
+
+
+@task(name="check-data")
+def check_data(params: Params, root: Path) -> None:
+    require_data(root, [f"{params.data.raw_dir}/labeled", f"{params.data.raw_dir}/unlabeled"])
+
+
+@task(name="stage")
+def run_stage(stage: str, root: Path, env: dict[str, str]) -> bool:
+    logger = get_run_logger()
+    ran = repro_stage(stage, root, env, on_line=logger.info)
+    logger.info("stage %s: %s", stage, "ran" if ran else "unchanged (skipped by DVC)")
+    return ran
+
+
+@task(name="register-models")
+def register_models(params: Params, root: Path) -> dict:
+    return register_pipeline_models(params, root)
+
+
+@task(name="publish-report")
+def publish_report(root: Path) -> str:
+    table = pd.read_csv(root / "reports/label_efficiency.csv")
+    markdown = label_efficiency_markdown(table)
+    create_markdown_artifact(markdown=markdown, key="label-efficiency", description="Test accuracy by label fraction")
+    create_table_artifact(table=table.round(4).to_dict(orient="records"), key="label-efficiency-table")
+    return markdown
+
+
+@flow(name="ssl-pipeline", log_prints=True)
+def pipeline(root: str = ".", params_file: str = "params.yaml") -> dict:
+    root_path = Path(root).resolve()
+    params = load_params(root_path / params_file)
+    check_data(params, root_path)
+    tracking.setup(params.tracking.experiment, root_path)
+    flow_run_id = str(flow_run.get_id() or "")
+    with mlflow.start_run(run_name="pipeline", tags={**tracking.run_tags("pipeline", root_path),
+                                                     "prefect_flow_run_id": flow_run_id}) as parent:
+        tracking.log_params(params)
+        env = {tracking.PARENT_ENV: parent.info.run_id, tracking.FLOW_RUN_ENV: flow_run_id,
+               "MLFLOW_TRACKING_URI": tracking.tracking_uri()}
+        ran = {}
+        for stage in STAGES:
+            task_ = run_stage.with_options(name=f"stage-{stage}", retries=params.flow.retries,
+                                           retry_delay_seconds=params.flow.retry_delay_seconds)
+            ran[stage] = task_(stage, root_path, env)
+        registered = register_models(params, root_path)
+        markdown = publish_report(root_path)
+        mlflow.set_tags({f"stage.{s}": ("ran" if r else "unchanged") for s, r in ran.items()})
+        mlflow.log_text(markdown, "reports/label_efficiency.md")
+    return {"stages": ran, "registered": registered, "parent_run_id": parent.info.run_id, "markdown": markdown}
+
+
+if __name__ == "__main__":
+    print(pipeline()["markdown"])

@@ -1,0 +1,24 @@
+"""Logging torch models to MLflow in the safest form MLflow 3 offers for PyTorch.
+
+`export_model=True, serialization_format="pt2"` stores a torch.export program instead of a pickled
+module, so loading a model from the registry never unpickles arbitrary code. The trade-off: the
+logged model is a traced graph (fixed architecture, no Python-side edits after loading), and
+export needs a model without data-dependent Python control flow - true for our encoders/classifiers.
+"""
+from __future__ import annotations
+
+import mlflow
+import torch
+from mlflow.models import infer_signature
+
+
+def log_torch_model(model: torch.nn.Module, example: torch.Tensor, name: str) -> str:
+    """Log `model` (eval mode, CPU) under the active run; returns its models:/ URI."""
+    model = model.cpu().eval()
+    with torch.no_grad():
+        output = model(example)
+    signature = infer_signature(example.numpy(), output.numpy())
+    info = mlflow.pytorch.log_model(model, name=name, signature=signature, input_example=example.numpy(),
+                                    export_model=True, serialization_format="pt2",
+                                    pip_requirements=[f"torch=={torch.__version__.split('+')[0]}"])
+    return info.model_uri

@@ -1,0 +1,103 @@
+"""pretrain: self-supervised pretraining of the encoder on the unlabeled pool.
+
+Outputs: models/encoder.pt (backbone state_dict), models/encoder.json (architecture + MLflow model
+URI), metrics/pretrain.json, plots/pretrain.csv (per-epoch loss and kNN monitor accuracy).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+import torch
+
+from ssl_core.config import Params
+from ssl_core.data.cache import atomic_torch_save, load_meta, load_split
+from ssl_core.evaluation import knn_accuracy
+from ssl_core.methods import get_method_class
+from ssl_core.models import build_backbone
+from ssl_core.progress import log
+from ssl_core.stages.common import StageError, dataset_infos, setup_torch, write_json
+from ssl_core.train import TrainConfig, pretrain
+
+ENCODER_PT = Path("models/encoder.pt")
+ENCODER_JSON = Path("models/encoder.json")
+METRICS_JSON = Path("metrics/pretrain.json")
+CURVE_CSV = Path("plots/pretrain.csv")
+CHECKPOINT_DIR = Path("checkpoints/pretrain")
+
+
+def encoder_spec(params: Params, meta: dict) -> dict:
+    """Everything needed to rebuild the encoder architecture (stored beside the weights)."""
+    p = params.pretrain
+    return {"backbone": p.backbone, "in_channels": meta["channels"], "image_size": meta["image_size"],
+            "small_stem": p.small_stem, "stem_stride": p.stem_stride, "width": p.width, "method": p.method}
+
+
+def build_encoder(spec: dict) -> torch.nn.Module:
+    return build_backbone(spec["backbone"], spec["in_channels"], spec["image_size"], spec["small_stem"], spec["width"],
+                          spec.get("stem_stride", 1))
+
+
+def build_method(params: Params, meta: dict, seed: int | None = None):
+    torch.manual_seed(params.seed if seed is None else seed)
+    spec = encoder_spec(params, meta)
+    cls = get_method_class(params.pretrain.method)
+    try:
+        return cls.build(build_encoder(spec), params.pretrain.method_params, params.pretrain.augment,
+                         (meta["channels"], meta["image_size"], meta["image_size"]))
+    except ValueError as err:
+        raise StageError(str(err)) from None
+
+
+def run(params: Params, root: Path = Path(".")) -> dict:
+    from ssl_core import tracking
+    from ssl_core.checkpoint import Checkpointer
+
+    d, p = params.data, params.pretrain
+    prepared = root / d.prepared_dir
+    meta = load_meta(prepared)
+    unlabeled = load_split(prepared, "unlabeled")
+    train, val = load_split(prepared, "train"), load_split(prepared, "val")
+    device = setup_torch(p.device)
+    method = build_method(params, meta)
+    cfg = TrainConfig(epochs=p.epochs, batch_size=min(p.batch_size, len(unlabeled)), optimizer=p.optimizer,
+                      lr=p.lr, weight_decay=p.weight_decay, warmup_epochs=p.warmup_epochs, seed=params.seed,
+                      device=str(device), log_every=p.log_every)
+    checkpointer = Checkpointer(root / CHECKPOINT_DIR, fingerprint=params.model_dump_json(include={"seed", "data", "pretrain"}),
+                                every_steps=p.checkpoint_every)
+    curve: list[dict] = []
+    with tracking.stage_run("pretrain", params, dataset_infos(root, d.raw_dir, d.prepared_dir), root) as run:
+        tracking.mlflow.set_tag("resumed_from_step", str(checkpointer.resume_step()))
+
+        def on_epoch_end(epoch: int, metrics: dict) -> None:
+            metrics["knn_accuracy"] = knn_accuracy(method.backbone, train, val, meta["num_classes"], device, p.knn_k)
+            method.train()
+            log.info("pretrain: epoch %d/%d loss %.4f knn(val) %.4f (%.1fs)", epoch, p.epochs,
+                     metrics["loss"], metrics["knn_accuracy"], metrics["seconds"])
+            tracking.mlflow.log_metrics({"loss": metrics["loss"], "knn_accuracy": metrics["knn_accuracy"],
+                                         "lr": metrics["lr"], "epoch_seconds": metrics["seconds"]}, step=epoch)
+            curve.append({k: metrics[k] for k in ("epoch", "loss", "knn_accuracy")})
+
+        history = pretrain(method, unlabeled.images, cfg, on_epoch_end=on_epoch_end,
+                           checkpointer=checkpointer, progress=lambda line: log.info("pretrain: %s", line))
+        backbone = method.backbone.cpu().eval()
+        spec = encoder_spec(params, meta)
+        atomic_torch_save(backbone.state_dict(), root / ENCODER_PT)
+        final = history[-1] if history else {}
+        metrics = {"loss": final.get("loss"), "knn_accuracy": final.get("knn_accuracy"),
+                   "epochs": p.epochs, "seconds": sum(h["seconds"] for h in history)}
+        model_uri = log_encoder_model(backbone, spec)
+        write_json(root / ENCODER_JSON, {**spec, "run_id": run.info.run_id, "model_uri": model_uri})
+        write_json(root / METRICS_JSON, metrics)
+        (root / CURVE_CSV).parent.mkdir(parents=True, exist_ok=True)
+        pd.DataFrame(curve, columns=["epoch", "loss", "knn_accuracy"]).to_csv(root / CURVE_CSV, index=False)
+        tracking.mlflow.log_artifact(str(root / CURVE_CSV), artifact_path="plots")
+    checkpointer.clear()
+    return metrics
+
+
+def log_encoder_model(backbone: torch.nn.Module, spec: dict) -> str:
+    from ssl_core.model_logging import log_torch_model
+
+    example = torch.rand(2, spec["in_channels"], spec["image_size"], spec["image_size"])
+    return log_torch_model(backbone, example, name="encoder")
