@@ -73,13 +73,18 @@ class _Reject(Exception):
 
 
 def _rel(path: Path, root: Path) -> str:
-    try:
-        return Path(os.path.relpath(path, root)).as_posix()
-    except ValueError:  # different drive (Windows) - keep the absolute path
-        return path.as_posix()
+    text, prefix = str(path), str(root) + os.sep
+    if text.startswith(prefix) and os.sep + ".." not in text:  # fast path for listed files
+        return Path(text[len(prefix):]).as_posix()
+    return Path(os.path.relpath(path, root)).as_posix()
 
 
 # ----------------------------------------------------------------------------- listing
+def _identity(folder: Path) -> tuple[int, int]:
+    info = os.stat(folder)
+    return info.st_dev, info.st_ino
+
+
 class _Lister:
     """Lists start folders depth-first. Symlinked folders are walked only after every real folder,
     so when a link points at a folder that is listed anyway, the real path wins and the link is
@@ -92,7 +97,7 @@ class _Lister:
         self.root_real = os.path.realpath(self.root)
         self.files: list[tuple[Path, str]] = []  # (path, tag: the class name or "")
         self.rejected: list[Rejected] = []
-        self._seen: set[str] = set()
+        self._seen: set[tuple[int, int]] = set()  # (device, inode) of listed folders
         self._links: list[tuple[Path, str]] = []
 
     def reject(self, path: Path, reason: str) -> None:
@@ -112,10 +117,18 @@ class _Lister:
 
     def run(self, starts: list[tuple[Path, str]]) -> None:
         for folder, tag in starts:
-            (self._links.append((folder, tag)) if folder.is_symlink() else self._walk(folder, tag))
+            if folder.is_symlink():
+                self._links.append((folder, tag))
+            else:
+                self._walk(folder, tag)
         while self._links:  # links met inside linked folders join the queue
             link, tag = self._links.pop(0)
-            if os.path.realpath(link) in self._seen:
+            try:
+                listed = _identity(link) in self._seen
+            except OSError as exc:  # the target vanished since it was seen
+                self.reject(link, f"unreadable folder ({exc.strerror or exc})")
+                continue
+            if listed:
                 self.reject(link, "folder already listed (symlink to a listed folder)")
             else:
                 self._walk(link, tag)
@@ -125,8 +138,8 @@ class _Lister:
         stack = [start]  # explicit stack: hostile data may nest folders deeper than Python recursion
         while stack:
             folder = stack.pop()
-            self._seen.add(os.path.realpath(folder))
             try:
+                self._seen.add(_identity(folder))  # not realpath(): quadratic in folder depth
                 entries = sorted(os.scandir(folder), key=lambda e: e.name)
             except OSError as exc:
                 self.reject(folder, f"unreadable folder ({exc.strerror or exc})")
@@ -184,7 +197,6 @@ def list_labeled(root: Path) -> tuple[list[tuple[Path, str]], list[str], list[Re
     return lister.files, sorted(counts), lister.rejected
 
 
-
 # ----------------------------------------------------------------------------- decoding
 def _open(data: bytes) -> Image.Image:
     return Image.open(io.BytesIO(data), formats=_PIL_FORMATS)
@@ -193,23 +205,24 @@ def _open(data: bytes) -> Image.Image:
 def _read_checked(path: Path, image_size: int) -> tuple[Image.Image, tuple[int, int], list[str]]:
     """Open, check the header size, verify, reopen and fully load one file (never partially)."""
     notes: list[str] = []
-    size = os.stat(path).st_size
+    try:
+        size = os.stat(path).st_size
+        data = path.read_bytes() if 0 < size <= MAX_FILE_BYTES else b""
+    except OSError as exc:  # vanished or unreadable since it was listed
+        raise _Reject(f"unreadable file ({exc.strerror or exc})") from exc
     if size == 0:
         raise _Reject("empty file (0 bytes)")
     if size > MAX_FILE_BYTES:
         raise _Reject(f"too large (file of {size} bytes > {MAX_FILE_BYTES})")
-    data = path.read_bytes()
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        try:
-            im = _open(data)
-        except Image.DecompressionBombError as exc:
-            raise _Reject(f"too large ({exc})") from exc
+        im = _open(data)  # header only; PIL's own DecompressionBombError is mapped by _reason
         w, h = im.size
-        if w * h > MAX_PIXELS or w <= 0 or h <= 0:
+        if w * h > MAX_PIXELS:
             raise _Reject(f"too large ({w}x{h} = {w * h} pixels > {MAX_PIXELS})")
-        im.verify()  # PNG: checks every chunk CRC, which load() skips
-        im = _open(data)
+        if im.format == "PNG":  # the only format whose verify() checks anything: chunk CRCs,
+            im.verify()  # which load() skips; verify() consumes the image, so open it again
+            im = _open(data)
         if im.format in ("JPEG", "MPO"):
             # Let libjpeg decode at 1/2..1/8 scale when that still covers the target (big photos).
             im.draft(None, (image_size, image_size))
@@ -371,10 +384,8 @@ def _is_gray(path: Path) -> bool | None:
                     return None
                 if im.mode in _GRAY_MODES:
                     return True
-                if im.mode == "P":
-                    im = im.convert("RGB")
-                elif im.mode != "RGB":
-                    return False
+                if im.mode not in ("RGB", "RGBA", "RGBX", "P", "PA"):  # F is rejected later: no verdict
+                    return None if im.mode == "F" else False  # CMYK, YCbCr, LAB, HSV: colour
                 if im.format in ("JPEG", "MPO"):
                     im.draft("RGB", (64, 64))  # a small decode is enough to judge the colours
                 rgb = np.asarray(im.convert("RGB"))

@@ -5,6 +5,7 @@ import hashlib
 import io
 import os
 import struct
+import sys
 import zlib
 from pathlib import Path
 
@@ -369,3 +370,38 @@ def test_detect_channels(tmp_path):
     # A seeded sample: the same answer every time, and the sample really is limited.
     assert detect_channels(many, sample=10) == detect_channels(many, sample=10)
     assert detect_channels(many, sample=len(many)) == 3
+
+
+def test_deep_nesting_does_not_recurse(tmp_path):
+    deep = tmp_path / "deep" / Path(*["d"] * 300)
+    save(deep / "x.png", rgb())
+    depth, frame = 0, sys._getframe()
+    while frame is not None:
+        depth, frame = depth + 1, frame.f_back
+    old = sys.getrecursionlimit()
+    sys.setrecursionlimit(depth + 100)  # a walker recursing once per folder level would fail
+    try:
+        files, rejected = list_unlabeled(tmp_path / "deep")
+    finally:
+        sys.setrecursionlimit(old)
+    assert len(files) == 1 and rejected == []
+
+
+def test_symlinked_file_decodes_and_vanished_file_is_reported(tmp_path):
+    target = save(tmp_path / "sub" / "x.png", rgb())
+    (tmp_path / "link.png").symlink_to(target)
+    gone = save(tmp_path / "gone.png", rgb())
+    files, _ = list_unlabeled(tmp_path)
+    gone.unlink()  # vanished between listing and decoding
+    out = decode(tmp_path, files)
+    assert out.paths == ["link.png", "sub/x.png"] and np.array_equal(out.images[0], out.images[1])
+    assert reasons(out.rejected) == {"gone.png": "unreadable file (No such file or directory)"}
+
+
+def test_detect_channels_other_modes(tmp_path):
+    g = RNG.integers(0, 256, (8, 8), dtype=np.uint8)
+    gray_rgba = save(tmp_path / "ga.png", np.stack([g, g, g, g], 2))
+    Image.fromarray(np.stack([g, g, g], 2)).quantize(8).save(tmp_path / "gp.png")
+    assert detect_channels([gray_rgba, tmp_path / "gp.png"]) == 1
+    Image.new("CMYK", (8, 8), (0, 0, 0, 255)).save(tmp_path / "k.jpg")
+    assert detect_channels([gray_rgba, tmp_path / "k.jpg"]) == 3
