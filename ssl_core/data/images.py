@@ -298,7 +298,7 @@ def _resize(im: Image.Image, size: int, original: tuple[int, int], notes: list[s
     return out
 
 
-def decode_one(path: Path, image_size: int, channels: int) -> tuple[np.ndarray, list[str]]:
+def _decode_one(path: Path, image_size: int, channels: int) -> tuple[np.ndarray, list[str]]:
     """Decode one file to uint8 [C, S, S] plus conversion notes; raises _Reject when unusable."""
     im, original, notes = _read_checked(path, image_size)
     if getattr(im, "n_frames", 1) > 1:
@@ -355,7 +355,7 @@ def decode_images(items: list[tuple[Path, int]], root: Path, image_size: int, ch
     for i, (path, label) in enumerate(items):
         rel = _rel(Path(path), root)
         try:
-            arr, file_notes = decode_one(Path(path), image_size, channels)
+            arr, file_notes = _decode_one(Path(path), image_size, channels)
         except Exception as exc:  # noqa: BLE001 - one bad file must never stop the run
             rejected.append(Rejected(rel, _reason(exc)))
         else:

@@ -53,7 +53,8 @@ payloads = st.one_of(
 )
 
 
-@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=100, deadline=None, database=None,  # no .hypothesis/ folder in the repo
+          suppress_health_check=[HealthCheck.too_slow])
 @given(files=st.lists(st.tuples(payloads, st.sampled_from([".png", ".jpg"])), min_size=1, max_size=4))
 def test_random_bytes_never_crash_nor_slip_through(files):
     with tempfile.TemporaryDirectory() as tmp:
