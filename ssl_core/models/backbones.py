@@ -31,7 +31,7 @@ class Backbone(nn.Module):
         return self.trunk((x - self.mean) / self.std)
 
 
-def _resnet(name: str, in_channels: int, small_stem: bool, width: int) -> tuple[nn.Module, int]:
+def _resnet(name: str, in_channels: int, small_stem: bool, width: int, stem_stride: int = 1) -> tuple[nn.Module, int]:
     if name == "resnet_narrow":
         # ResNet-18 layout at a fraction of the width: what a 2-core CPU can pretrain in minutes.
         net = resnet.ResNet(resnet.BasicBlock, [2, 2, 2, 2], width_per_group=64)
@@ -41,7 +41,8 @@ def _resnet(name: str, in_channels: int, small_stem: bool, width: int) -> tuple[
     out_dim = net.fc.in_features
     stem_out = net.conv1.out_channels
     if small_stem:
-        net.conv1 = nn.Conv2d(in_channels, stem_out, kernel_size=3, stride=1, padding=1, bias=False)
+        # stem_stride 2 halves the first feature map: ~4x cheaper, what a 2-core CPU can afford
+        net.conv1 = nn.Conv2d(in_channels, stem_out, kernel_size=3, stride=stem_stride, padding=1, bias=False)
         net.maxpool = nn.Identity()
     elif in_channels != 3:
         net.conv1 = nn.Conv2d(in_channels, stem_out, kernel_size=7, stride=2, padding=3, bias=False)
@@ -87,6 +88,36 @@ class ViTTrunk(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.vit(x)
 
+    # Patch-level access (MAE encodes only the visible patches; dense pretext heads read patch tokens).
+    def patch_tokens(self, x: torch.Tensor) -> torch.Tensor:
+        """Normalised images -> patch embeddings plus their position embeddings, [B, N, dim] row-major."""
+        return self.vit._process_input(x) + self.vit.encoder.pos_embedding[:, 1:]
+
+    def encode_tokens(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Prepend the class token and run the transformer on any subset of patch tokens: [B, 1 + n, dim].
+
+        With all N tokens this is exactly the standard forward (whose output is row 0).
+        """
+        enc = self.vit.encoder
+        cls = (self.vit.class_token + enc.pos_embedding[:, :1]).expand(tokens.shape[0], -1, -1)
+        return enc.ln(enc.layers(enc.dropout(torch.cat([cls, tokens], dim=1))))
+
+
+def feature_map(backbone: Backbone, x: torch.Tensor) -> torch.Tensor:
+    """Spatial features before pooling, [B, out_dim, h, w], for dense pretext heads (colorization).
+
+    ResNet: the layer4 map; ViT: the patch tokens laid back on their grid.
+    """
+    x = (x - backbone.mean) / backbone.std
+    trunk = backbone.trunk
+    if isinstance(trunk, ViTTrunk):
+        tokens = trunk.encode_tokens(trunk.patch_tokens(x))[:, 1:]
+        h, w = x.shape[-2] // trunk.patch_size, x.shape[-1] // trunk.patch_size
+        return tokens.transpose(1, 2).reshape(x.shape[0], trunk.dim, h, w)
+    net = trunk
+    x = net.maxpool(net.relu(net.bn1(net.conv1(x))))
+    return net.layer4(net.layer3(net.layer2(net.layer1(x))))
+
 
 def vit_patch_size(image_size: int) -> int:
     for p in (4, 7, 8, 2):
@@ -95,9 +126,10 @@ def vit_patch_size(image_size: int) -> int:
     raise ValueError(f"data.image_size {image_size} has no ViT patch size among 2, 4, 7, 8")
 
 
-def build_backbone(name: str, in_channels: int, image_size: int, small_stem: bool = True, width: int = 32) -> Backbone:
+def build_backbone(name: str, in_channels: int, image_size: int, small_stem: bool = True, width: int = 32,
+                   stem_stride: int = 1) -> Backbone:
     if name in RESNET_NAMES:
-        trunk, out_dim = _resnet(name, in_channels, small_stem, width)
+        trunk, out_dim = _resnet(name, in_channels, small_stem, width, stem_stride)
     elif name == "vit_tiny":
         trunk = ViTTrunk(image_size, in_channels, vit_patch_size(image_size))
         out_dim = trunk.dim
