@@ -39,7 +39,7 @@ class MissingDataError(FileNotFoundError):
     """A dataset the pipeline needs is not in the workspace; the message says how to get it."""
 
 
-def _dvc_root(cwd: Path) -> Path:
+def dvc_root(cwd: Path) -> Path:
     """The workspace DVC would use from `cwd`: the nearest ancestor holding `.dvc/`."""
     cwd = cwd.resolve()
     for candidate in (cwd, *cwd.parents):
@@ -51,7 +51,7 @@ def _dvc_root(cwd: Path) -> Path:
 def lock_path(cwd: str | Path) -> Path:
     # Outside the workspace on purpose: `dvc init` refuses to run when `.dvc/` already exists,
     # and a lock file inside the repo would show up in `git status`.
-    key = hashlib.sha1(str(_dvc_root(Path(cwd))).encode()).hexdigest()[:16]
+    key = hashlib.sha1(str(dvc_root(Path(cwd))).encode()).hexdigest()[:16]
     return Path(tempfile.gettempdir()) / f"ssl-pipeline-dvc-{key}.lock"
 
 
@@ -60,7 +60,7 @@ def workspace_lock(cwd: str | Path, timeout: float | None = None) -> Iterator[No
     """Hold the workspace's DVC lock, waiting up to `timeout` s (None: as long as it takes).
 
     Re-entrant within a thread, and across a process tree through the environment."""
-    root = str(_dvc_root(Path(cwd)))
+    root = str(dvc_root(Path(cwd)))
     held = getattr(_held, "roots", None)
     if held is None:
         held = _held.roots = set()
@@ -92,7 +92,8 @@ def workspace_lock(cwd: str | Path, timeout: float | None = None) -> Iterator[No
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
-def _child_env(root: str) -> dict[str, str]:
+def child_env(root: str) -> dict[str, str]:
+    """Environment for a DVC child process: marks the lock as held, analytics off."""
     env = dict(os.environ)
     env[_LOCK_HELD_ENV] = root
     env.setdefault("DVC_NO_ANALYTICS", "1")
@@ -107,14 +108,18 @@ def _run(cmd: list[str], cwd: Path, what: str, env: dict[str, str] | None = None
     return proc
 
 
+# Old private names, still imported by ssl_core/repro.py.
+_dvc_root, _child_env = dvc_root, child_env
+
+
 def dvc(*args: str, cwd: str | Path, lock_timeout: float | None = None) -> subprocess.CompletedProcess:
     """Run `python -m dvc ARGS` in `cwd` under the workspace lock; raise DvcError on failure.
 
     Do not call it from a stage that `dvc repro` runs: DVC's own repo lock is taken then."""
     cwd = Path(cwd)
-    root = str(_dvc_root(cwd))
+    root = str(dvc_root(cwd))
     with workspace_lock(cwd, timeout=lock_timeout):
-        return _run([sys.executable, "-m", "dvc", *args], cwd, "dvc " + " ".join(args), env=_child_env(root))
+        return _run([sys.executable, "-m", "dvc", *args], cwd, "dvc " + " ".join(args), env=child_env(root))
 
 
 def git(*args: str, cwd: str | Path) -> subprocess.CompletedProcess:
