@@ -143,6 +143,10 @@ def _check_method(params: Params) -> None:
     except KeyError:
         raise ValueError(f"pretrain.method: unknown method {p.method!r}; allowed: {', '.join(method_names())}")
     _check_dataclass_overrides("pretrain.method_params", cls.Params, p.method_params)
+    try:   # the method's own range checks (e.g. mask_ratio < 1) run now, not after prepare
+        cls.Params(**p.method_params)
+    except (TypeError, ValueError) as err:
+        raise ValueError(f"pretrain.method_params: {err}")
     _check_dataclass_overrides("pretrain.augment", AugmentConfig, p.augment)
     _check_dataclass_overrides("finetune.augment", AugmentConfig, params.finetune.augment)
     family = getattr(cls, "backbone_family", None)

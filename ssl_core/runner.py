@@ -30,7 +30,16 @@ def overridden_params(params_file: Path, overrides: list[str]) -> Iterator[None]
         params_file.write_text(original)
 
 
+def prefect_defaults() -> None:
+    """Quiet, patient Prefect defaults for a local run (a busy 2-core machine starts the
+    ephemeral API server slowly; telemetry is off)."""
+    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    os.environ.setdefault("DO_NOT_TRACK", "1")
+
+
 def run_pipeline(params_file: str = "params.yaml", overrides: list[str] | None = None) -> int:
+    prefect_defaults()
     from flows.pipeline import pipeline
     from ssl_core import tracking
 

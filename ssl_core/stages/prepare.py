@@ -42,6 +42,12 @@ def label_fractions(train_labels: np.ndarray, fractions: list[float], seeds: int
     return out
 
 
+def _relative_to(rejected: list[img.Rejected], listed_root: Path, raw: Path) -> list[img.Rejected]:
+    """Listing reports paths relative to the folder it listed; quarantine.csv uses data/raw-relative."""
+    prefix = listed_root.relative_to(raw) if listed_root.is_relative_to(raw) else listed_root
+    return [img.Rejected(str(prefix / r.path), r.reason) for r in rejected]
+
+
 def _labeled_dirs(labeled_root: Path) -> dict[str, Path | None]:
     """labeled/ holds train/ [val/] test/ split folders, or class folders directly (all train)."""
     if (labeled_root / "train").is_dir():
@@ -70,7 +76,7 @@ def prepare(params: Params, root: Path = Path(".")) -> dict:
     items_by_split: dict[str, list[tuple[Path, int]]] = {}
     rejected: list[img.Rejected] = []
     class_paths, classes, rej = img.list_labeled(dirs["train"])
-    rejected += rej
+    rejected += _relative_to(rej, dirs["train"], raw)
     if not classes:
         raise StageError(f"no labeled images found under {dirs['train']}: expected one folder per class")
     class_index = {c: i for i, c in enumerate(classes)}
@@ -78,13 +84,13 @@ def prepare(params: Params, root: Path = Path(".")) -> dict:
     for split in ("val", "test"):
         if dirs[split] is not None:
             pairs, split_classes, rej = img.list_labeled(dirs[split])
-            rejected += rej
+            rejected += _relative_to(rej, dirs[split], raw)
             unknown = sorted(set(split_classes) - set(classes))
             if unknown:
                 raise StageError(f"{dirs[split]} has class folders not in train: {', '.join(unknown)}")
             items_by_split[split] = [(p, class_index[c]) for p, c in pairs]
     unlabeled_paths, rej = img.list_unlabeled(raw / "unlabeled") if (raw / "unlabeled").is_dir() else ([], [])
-    rejected += rej
+    rejected += _relative_to(rej, raw / "unlabeled", raw)
     if d.max_unlabeled and len(unlabeled_paths) > d.max_unlabeled:
         keep = np.sort(np.random.default_rng(params.seed).choice(len(unlabeled_paths), d.max_unlabeled, replace=False))
         unlabeled_paths = [unlabeled_paths[i] for i in keep]
