@@ -150,6 +150,9 @@ def build_parser() -> argparse.ArgumentParser:
     bench = sub.add_parser("bench", parents=[common], help="pretraining step throughput vs a PIL/DataLoader recipe")
     _add_bench_arguments(bench)
     bench.set_defaults(func=cmd_bench)
+    from ssl_core.commands import register_all
+
+    register_all(sub, common)
     return parser
 
 

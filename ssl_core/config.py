@@ -103,6 +103,14 @@ class FlowParams(_Section):
     retry_delay_seconds: list[int] = Field(default_factory=lambda: [10, 60], min_length=1)
 
 
+class RetrainParams(_Section):
+    margin: float = Field(0.005, ge=0, le=1)    # challenger must beat the champion by this much
+    cron: str = Field("0 3 * * *", min_length=9)  # `ssl-pipeline serve` schedule (nightly)
+    timezone: str = "UTC"
+    deployment_name: str = Field("nightly-retrain", min_length=1)
+    concurrency_tag: str = Field("ssl-retrain", min_length=1)
+
+
 class Params(_Section):
     seed: int = Field(0, ge=0)
     data: DataParams = Field(default_factory=DataParams)
@@ -111,6 +119,7 @@ class Params(_Section):
     evaluate: EvaluateParams = Field(default_factory=EvaluateParams)
     tracking: TrackingParams = Field(default_factory=TrackingParams)
     flow: FlowParams = Field(default_factory=FlowParams)
+    retrain: RetrainParams = Field(default_factory=RetrainParams)
 
     @model_validator(mode="after")
     def _method_knobs_are_known(self) -> "Params":

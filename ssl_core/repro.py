@@ -11,13 +11,13 @@ import sys
 from pathlib import Path
 from typing import Callable
 
-from ssl_core.dvcops import DvcError, _child_env, _dvc_root, workspace_lock
+from ssl_core.dvcops import DvcError, child_env, dvc_root, workspace_lock
 
 STAGES = ("prepare", "pretrain", "finetune", "evaluate")
 
 
 def stage_env(root: Path, extra: dict[str, str] | None = None) -> dict[str, str]:
-    env = _child_env(str(_dvc_root(root)))
+    env = child_env(str(dvc_root(root)))
     # dvc.yaml says `python -m ssl_core ...`: make that the interpreter running us.
     env["PATH"] = os.path.dirname(sys.executable) + os.pathsep + env.get("PATH", "")
     env.setdefault("PYTHONUNBUFFERED", "1")
