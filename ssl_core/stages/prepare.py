@@ -116,6 +116,8 @@ def prepare(params: Params, root: Path = Path(".")) -> dict:
     leaks = img.find_duplicates(splits["train"][2], splits["test"][2])
     _write_reports(root, rejected, decoded, leaks, splits)
     counts = {f"n_{s}": len(splits[s][1]) for s in ("unlabeled", "train", "val", "test")}
+    counts["n_unlabeled_dropped_as_test"] = len(decoded["unlabeled"].labels) - (
+        counts["n_unlabeled"] if len(decoded["unlabeled"].labels) else 0)
     counts.update(n_quarantined=len(rejected), n_converted=sum(len(s.notes) for s in decoded.values()),
                   n_train_test_duplicates=len(leaks), n_classes=len(classes), channels=channels)
     if leaks:
@@ -146,8 +148,13 @@ def _carve_splits(decoded: dict[str, img.ImageSet], d, seed: int) -> dict[str, t
         all_idx = np.setdiff1d(all_idx, all_idx[val_rel])
     splits["train"] = take(train, all_idx)
     unl = decoded["unlabeled"]
-    splits["unlabeled"] = (take(unl, np.arange(len(unl.labels))) if len(unl.labels)
-                           else (splits["train"][0], np.full(len(all_idx), -1), splits["train"][2], splits["train"][3]))
+    if len(unl.labels):
+        # Pretraining must never see test images, even unlabeled (e.g. a pool copied from a labeled set).
+        test_hashes = set(splits["test"][2])
+        keep = [i for i, h in enumerate(unl.content_hash) if h not in test_hashes]
+        splits["unlabeled"] = take(unl, keep)
+    else:
+        splits["unlabeled"] = (splits["train"][0], np.full(len(all_idx), -1), splits["train"][2], splits["train"][3])
     return splits
 
 
