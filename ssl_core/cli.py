@@ -164,7 +164,17 @@ def _add_bench_arguments(parser: argparse.ArgumentParser) -> None:
     bench.add_arguments(parser)
 
 
+def quiet_library_warnings() -> None:
+    """MLflow warns on every dataset input and integer schema; those lines drown the progress output."""
+    import warnings
+
+    warnings.filterwarnings("ignore", message="The specified dataset source can be interpreted")
+    warnings.filterwarnings("ignore", message="Hint: Inferred schema contains integer column")
+    warnings.filterwarnings("ignore", category=FutureWarning, module="mlflow")
+
+
 def main(argv: list[str] | None = None) -> int:
+    quiet_library_warnings()
     args = build_parser().parse_args(argv)
     setup_logging(args.debug)
     try:

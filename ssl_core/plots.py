@@ -53,3 +53,65 @@ def confusion_matrix_plot(y_true: np.ndarray, y_pred: np.ndarray, classes: list[
     fig.savefig(path)
     plt.close(fig)
     return path
+
+
+def training_curves_plot(curve: pd.DataFrame, path: Path, title: str) -> Path:
+    """Per-epoch pretraining loss and kNN monitor accuracy (from plots/pretrain.csv)."""
+    fig, ax1 = plt.subplots(figsize=(6.5, 4), dpi=120)
+    ax1.plot(curve["epoch"], curve["loss"], "-o", color="tab:blue", label="loss")
+    ax1.set_xlabel("epoch")
+    ax1.set_ylabel("SSL loss", color="tab:blue")
+    ax2 = ax1.twinx()
+    ax2.plot(curve["epoch"], curve["knn_accuracy"], "-s", color="tab:orange", label="kNN accuracy (val)")
+    ax2.set_ylabel("kNN accuracy (val)", color="tab:orange")
+    ax1.set_title(title)
+    ax1.grid(True, alpha=0.3)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+def embedding_map_plot(features: np.ndarray, labels: np.ndarray, classes: list[str], path: Path, title: str,
+                       seed: int = 0) -> Path:
+    """2-D t-SNE of encoder features, coloured by class."""
+    from sklearn.manifold import TSNE
+
+    perplexity = float(min(30, max(2, (len(features) - 1) // 3)))
+    xy = TSNE(n_components=2, init="pca", perplexity=perplexity, random_state=seed).fit_transform(features)
+    fig, ax = plt.subplots(figsize=(6, 6), dpi=120)
+    cmap = plt.get_cmap("tab10" if len(classes) <= 10 else "tab20")
+    for c, name in enumerate(classes):
+        sel = labels == c
+        ax.scatter(xy[sel, 0], xy[sel, 1], s=6, color=cmap(c % cmap.N), label=name)
+    ax.set_xticks([])
+    ax.set_yticks([])
+    ax.set_title(title, fontsize=9)
+    ax.legend(markerscale=3, fontsize=7, loc="best", ncol=2)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+def view_grid_plot(originals: np.ndarray, views: list[np.ndarray], path: Path, title: str) -> Path:
+    """Rows: images; first column the original, then one column per augmented view. Arrays: [N, C, H, W] in [0, 1]."""
+    n, cols = originals.shape[0], 1 + len(views)
+    fig, axes = plt.subplots(n, cols, figsize=(1.3 * cols, 1.3 * n), dpi=120, squeeze=False)
+    for i in range(n):
+        for j, img in enumerate([originals[i]] + [v[i] for v in views]):
+            ax = axes[i][j]
+            arr = np.clip(np.transpose(img, (1, 2, 0)), 0, 1)
+            ax.imshow(arr[..., 0] if arr.shape[-1] == 1 else arr, cmap="gray", vmin=0, vmax=1)
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if i == 0:
+                ax.set_title("original" if j == 0 else f"view {j}", fontsize=7)
+    fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    plt.close(fig)
+    return path

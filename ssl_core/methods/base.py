@@ -54,6 +54,14 @@ class SSLMethod(nn.Module):
         raise NotImplementedError
 
     @torch.no_grad()
+    def example_views(self, images_u8: torch.Tensor, gen: torch.Generator | None) -> list[torch.Tensor]:
+        """Views as the method sees them, float [B, C, H, W] in [0, 1] (for the augmentation grid picture).
+        Methods whose inputs are not plain augmented views (tiles, rotations) override this."""
+        from ssl_core.augment import augment_batch
+
+        return [augment_batch(images_u8, self.augment, gen) for _ in range(2)]
+
+    @torch.no_grad()
     def after_step(self, progress: float) -> None:
         """Called after each optimizer step; progress in [0, 1] (momentum schedules)."""
 

@@ -24,6 +24,9 @@ from ssl_core.stages.pretrain import build_encoder
 TABLE_CSV = Path("reports/label_efficiency.csv")
 PLOT_PNG = Path("reports/label_efficiency.png")
 CONFUSION_PNG = Path("reports/confusion_matrix.png")
+EMBEDDING_PNG = Path("reports/embedding_map.png")
+VIEWS_PNG = Path("reports/augmented_views.png")
+CURVES_PNG = Path("reports/training_curves.png")
 METRICS_JSON = Path("metrics/evaluate.json")
 CLASSIFIER_PT = Path("models/classifier.pt")
 CLASSIFIER_JSON = Path("models/classifier.json")
@@ -55,6 +58,24 @@ def headline(table: pd.DataFrame) -> dict:
     scratch = means.get(("scratch", "finetune", smallest), float("nan"))
     out[f"ssl_gain_over_scratch_{smallest:g}"] = round(float(ssl_best - scratch), 4)
     return out
+
+
+def pictures(params: Params, meta: dict, encoder, test, spec: dict, root: Path, device) -> None:
+    """Embedding map of the test set, the method's augmented views, the pretraining curves."""
+    from ssl_core.plots import embedding_map_plot, training_curves_plot, view_grid_plot
+    from ssl_core.stages.pretrain import CURVE_CSV, build_method
+
+    n = min(len(test), 1000)
+    feats = extract_features(encoder, test.images[:n], device).numpy()
+    embedding_map_plot(feats, test.labels[:n].numpy(), meta["classes"], root / EMBEDDING_PNG,
+                       f"t-SNE of {spec['method']} encoder features, test split", seed=params.seed)
+    method = build_method(params, meta)
+    sample = test.images[:: max(len(test) // 6, 1)][:6]
+    views = method.example_views(sample, torch.Generator().manual_seed(params.seed))
+    view_grid_plot(sample.float().numpy() / 255, [v.float().numpy() for v in views], root / VIEWS_PNG,
+                   f"{spec['method']}: what the encoder sees during pretraining")
+    curve = pd.read_csv(root / CURVE_CSV)
+    training_curves_plot(curve, root / CURVES_PNG, f"{spec['method']} pretraining ({spec['backbone']})")
 
 
 def run(params: Params, root: Path = Path(".")) -> dict:
@@ -120,7 +141,8 @@ def run(params: Params, root: Path = Path(".")) -> dict:
                                              "run_id": run_id, "model_uri": model_uri})
         write_json(root / METRICS_JSON, metrics)
         tracking.mlflow.log_metrics({k: v for k, v in metrics.items() if isinstance(v, float)})
-        for path in (TABLE_CSV, PLOT_PNG, CONFUSION_PNG):
+        pictures(params, meta, encoder, test, spec, root, device)
+        for path in (TABLE_CSV, PLOT_PNG, CONFUSION_PNG, EMBEDDING_PNG, VIEWS_PNG, CURVES_PNG):
             tracking.mlflow.log_artifact(str(root / path), artifact_path="reports")
     log.info("evaluate: %s", metrics)
     return metrics
