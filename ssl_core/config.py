@@ -111,6 +111,18 @@ class RetrainParams(_Section):
     concurrency_tag: str = Field("ssl-retrain", min_length=1)
 
 
+# The methods compared by default: every registered method (the README's "methods" table).
+COMPARE_METHODS = ("simclr", "moco", "byol", "rotation", "jigsaw", "colorization", "mae")
+
+
+class CompareParams(_Section):
+    """`ssl-pipeline compare` (flows/compare.py): several methods on the same data and budget."""
+    methods: list[str] = Field(default_factory=lambda: list(COMPARE_METHODS), min_length=1)
+    epochs: int = Field(0, ge=0)                                # pretraining epochs per method; 0 = pretrain.epochs
+    backbones: dict[str, str] = Field(default_factory=dict)     # per-method backbone; see compare_backbone()
+    method_params: dict[str, dict[str, Any]] = Field(default_factory=dict)   # per-method knobs (else its defaults)
+
+
 class Params(_Section):
     seed: int = Field(0, ge=0)
     data: DataParams = Field(default_factory=DataParams)
@@ -120,10 +132,12 @@ class Params(_Section):
     tracking: TrackingParams = Field(default_factory=TrackingParams)
     flow: FlowParams = Field(default_factory=FlowParams)
     retrain: RetrainParams = Field(default_factory=RetrainParams)
+    compare: CompareParams = Field(default_factory=CompareParams)
 
     @model_validator(mode="after")
     def _method_knobs_are_known(self) -> "Params":
         _check_method(self)
+        _check_compare(self)
         return self
 
     def flat(self) -> dict[str, Any]:
@@ -158,13 +172,58 @@ def _check_method(params: Params) -> None:
         raise ValueError(f"pretrain.method_params: {err}")
     _check_dataclass_overrides("pretrain.augment", AugmentConfig, p.augment)
     _check_dataclass_overrides("finetune.augment", AugmentConfig, params.finetune.augment)
-    family = getattr(cls, "backbone_family", None)
-    if family == "vit" and not p.backbone.startswith("vit"):
-        raise ValueError(f"pretrain.backbone: method {p.method!r} needs a ViT backbone (vit_tiny), got {p.backbone!r}")
-    if family == "resnet" and p.backbone.startswith("vit"):
-        raise ValueError(f"pretrain.backbone: method {p.method!r} needs a ResNet backbone, got {p.backbone!r}")
+    _check_family("pretrain.backbone", p.method, cls, p.backbone)
     if getattr(cls, "requires_color", False) and params.data.channels == 1:
         raise ValueError(f"pretrain.method: {p.method!r} needs colour images but data.channels is 1")
+
+
+def _check_family(key: str, method: str, cls: type, backbone: str) -> None:
+    family = getattr(cls, "backbone_family", None)
+    if family == "vit" and not backbone.startswith("vit"):
+        raise ValueError(f"{key}: method {method!r} needs a ViT backbone (vit_tiny), got {backbone!r}")
+    if family == "resnet" and backbone.startswith("vit"):
+        raise ValueError(f"{key}: method {method!r} needs a ResNet backbone, got {backbone!r}")
+
+
+def compare_backbone(params: "Params", method: str) -> str:
+    """The backbone `method` pretrains in the comparison: compare.backbones[method] when set, else
+    vit_tiny for ViT-only methods (mae) and pretrain.backbone for every other method."""
+    from ssl_core.methods import get_method_class
+
+    if method in params.compare.backbones:
+        return params.compare.backbones[method]
+    return "vit_tiny" if get_method_class(method).backbone_family == "vit" else params.pretrain.backbone
+
+
+def _check_compare(params: "Params") -> None:
+    from typing import get_args
+
+    from ssl_core.methods import get_method_class, method_names
+
+    c = params.compare
+    for key, names in (("compare.methods", c.methods), ("compare.backbones", list(c.backbones)),
+                       ("compare.method_params", list(c.method_params))):
+        for name in names:
+            if name not in method_names():
+                raise ValueError(f"{key}: unknown method {name!r}; allowed: {', '.join(method_names())} "
+                                 "(the random and scratch baselines are always included)")
+    twice = sorted({m for m in c.methods if c.methods.count(m) > 1})
+    if twice:
+        raise ValueError(f"compare.methods: {', '.join(twice)} listed more than once")
+    allowed_backbones = get_args(PretrainParams.model_fields["backbone"].annotation)
+    for name in c.methods:
+        backbone = compare_backbone(params, name)
+        if backbone not in allowed_backbones:
+            raise ValueError(f"compare.backbones.{name}: unknown backbone {backbone!r}; "
+                             f"allowed: {', '.join(allowed_backbones)}")
+        _check_family(f"compare.backbones.{name}", name, get_method_class(name), backbone)
+    for name, knobs in c.method_params.items():
+        cls = get_method_class(name)
+        _check_dataclass_overrides(f"compare.method_params.{name}", cls.Params, knobs)
+        try:
+            cls.Params(**knobs)
+        except (TypeError, ValueError) as err:
+            raise ValueError(f"compare.method_params.{name}: {err}")
 
 
 def _check_dataclass_overrides(key: str, dc: type, overrides: dict[str, Any]) -> None:
