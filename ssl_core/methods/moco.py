@@ -143,7 +143,8 @@ class MoCo(SSLMethod):
             negatives = self.queue.clone()
             loss = queue_infonce(q1, k2, negatives, tau) + queue_infonce(q2, k1, negatives, tau)
             if self.training:
-                self.enqueue(gather_no_grad(torch.cat([k1, k2])))
+                # gathered per view: [k1 of every rank, k2 of every rank] is the 1-process order
+                self.enqueue(torch.cat([gather_no_grad(k1), gather_no_grad(k2)]))
         else:
             offset = rank() * k1.shape[0]
             loss = (batch_infonce(q1, gather_no_grad(k2), tau, offset)
