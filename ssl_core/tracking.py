@@ -14,6 +14,8 @@ from typing import Any, Iterator
 import mlflow
 import numpy as np
 import pandas as pd
+import requests
+from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from ssl_core.config import Params
@@ -24,16 +26,38 @@ FLOW_RUN_ENV = "SSL_PIPELINE_FLOW_RUN_ID"
 OVERRIDES_ENV = "SSL_PIPELINE_OVERRIDES"
 
 
+# MLflow's HTTP defaults retry for minutes (7 retries, backoff factor 2, 120 s timeout). An unattended
+# stage should fail in seconds and let the Prefect task retry (with backoff) resume from its checkpoint.
+FAIL_FAST_HTTP = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+                  "MLFLOW_HTTP_REQUEST_BACKOFF_JITTER": "0.5", "MLFLOW_HTTP_REQUEST_TIMEOUT": "30"}
+TRACKING_ERRORS = (MlflowException, requests.exceptions.RequestException)
+
+
 class TrackingUnavailable(RuntimeError):
     """The tracking server cannot be reached or answers with errors."""
+
+
+def unavailable(uri: str, err: BaseException, when: str = "") -> TrackingUnavailable:
+    first = (str(err).strip().splitlines() or [type(err).__name__])[0][:300]
+    return TrackingUnavailable(f"MLflow tracking at {uri} is not usable{when}: {first}. Start the tracking server "
+                               "or point MLFLOW_TRACKING_URI at a working one; a rerun resumes from the last checkpoint")
 
 
 def tracking_uri() -> str:
     return os.environ.get("MLFLOW_TRACKING_URI", DEFAULT_URI)
 
 
+def fail_fast_http_defaults() -> None:
+    """Bounded MLflow HTTP retries/timeouts, unless the user chose their own in the environment."""
+    for name, value in FAIL_FAST_HTTP.items():
+        os.environ.setdefault(name, value)
+
+
 def setup(experiment: str, root: Path = Path(".")) -> str:
-    """Point MLflow at the tracking URI, create the experiment (artifacts under ./mlartifacts)."""
+    """Point MLflow at the tracking URI, create the experiment (artifacts under ./mlartifacts).
+
+    Called before any work, so an unreachable or failing server stops a stage in seconds."""
+    fail_fast_http_defaults()
     uri = tracking_uri()
     mlflow.set_tracking_uri(uri)
     try:
@@ -45,9 +69,9 @@ def setup(experiment: str, root: Path = Path(".")) -> str:
             exp_id = mlflow.create_experiment(experiment, artifact_location=location)
         else:
             exp_id = exp.experiment_id
+        mlflow.set_experiment(experiment_id=exp_id)
     except Exception as err:  # noqa: BLE001 - any transport/server error means the same to the user
-        raise TrackingUnavailable(f"MLflow tracking at {uri} is not usable: {str(err).splitlines()[0][:300]}") from err
-    mlflow.set_experiment(experiment_id=exp_id)
+        raise unavailable(uri, err) from err
     return exp_id
 
 
@@ -94,14 +118,34 @@ def log_datasets(datasets: dict[str, dict[str, Any]], context: str = "training")
 @contextlib.contextmanager
 def stage_run(stage: str, params: Params, datasets: dict[str, dict[str, Any]] | None = None,
               root: Path = Path(".")) -> Iterator[mlflow.ActiveRun]:
-    """A stage's MLflow run: nested under the pipeline's parent run when the flow started one."""
+    """A stage's MLflow run: nested under the pipeline's parent run when the flow started one.
+
+    A tracking failure inside (server gone mid-run) surfaces as TrackingUnavailable naming the URI."""
     setup(params.tracking.experiment, root)
     parent = os.environ.get(PARENT_ENV) or None
-    with mlflow.start_run(run_name=stage, parent_run_id=parent, tags=run_tags(stage, root)) as run:
-        log_params(params)
-        if datasets:
-            log_datasets(datasets)
-        yield run
+    try:
+        with mlflow.start_run(run_name=stage, parent_run_id=parent, tags=run_tags(stage, root)) as run:
+            log_params(params)
+            if datasets:
+                log_datasets(datasets)
+            yield run
+    except TRACKING_ERRORS as err:
+        raise unavailable(tracking_uri(), err, f" (during the {stage} stage)") from err
+
+
+def link_resumed_run(previous_run_id: str | None, step: int) -> None:
+    """Tag the active run as resumed at `step` from `previous_run_id`; mark that crashed run KILLED."""
+    mlflow.set_tag("resumed_from_step", str(step))
+    if not previous_run_id:
+        return
+    mlflow.set_tag("resumed_from_run_id", previous_run_id)
+    try:
+        previous = client().get_run(previous_run_id)
+        if previous.info.status == "RUNNING":   # SIGKILLed processes never end their run
+            client().set_terminated(previous_run_id, status="KILLED")
+        client().set_tag(previous_run_id, "resumed_by_run_id", mlflow.active_run().info.run_id)
+    except MlflowException:   # e.g. the checkpoint came from another tracking store
+        pass
 
 
 def log_metrics_series(name: str, values: list[float], start_step: int = 1) -> None:

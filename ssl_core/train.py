@@ -5,9 +5,8 @@ the batches and augmentations the uninterrupted run would have drawn.
 """
 from __future__ import annotations
 
-import math
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable
 
 import torch
@@ -75,6 +74,27 @@ class TrainState:
     epoch: int = 0
     step_in_epoch: int = 0
     global_step: int = 0
+    epoch_losses: list[float] = field(default_factory=list)   # this epoch's losses so far (epoch mean after resume)
+    history: list[dict] = field(default_factory=list)         # per-epoch metrics of finished epochs
+
+
+def check_finite(losses: list[torch.Tensor], state: TrainState) -> None:
+    """Raise NonFiniteLoss naming the first step of this epoch whose loss was NaN/Inf (one host sync)."""
+    if not losses:
+        return
+    values = torch.stack(losses)
+    bad = (~torch.isfinite(values)).nonzero()
+    if bad.numel():
+        i = int(bad[0, 0])
+        step = state.global_step - len(losses) + i + 1
+        raise NonFiniteLoss(f"pretraining loss became {values[i].item()} at step {step} (epoch {state.epoch + 1}); "
+                            "training stopped and the last good checkpoint is kept")
+
+
+def _save_checkpoint(checkpointer, method, optimizer, scheduler, state: TrainState, losses: list[torch.Tensor]) -> None:
+    check_finite(losses, state)   # never replace a good checkpoint with diverged weights
+    state.epoch_losses = torch.stack(losses).tolist() if losses else []
+    checkpointer.save(method, optimizer, scheduler, state)
 
 
 def pretrain(method: nn.Module, images_u8: torch.Tensor, cfg: TrainConfig,
@@ -83,8 +103,9 @@ def pretrain(method: nn.Module, images_u8: torch.Tensor, cfg: TrainConfig,
              checkpointer=None, progress: Callable[[str], None] | None = None) -> list[dict]:
     """Train `method` on the unlabeled uint8 cache [N, C, H, W]. Returns per-epoch metrics.
 
-    checkpointer: object with `restore(method, optimizer, scheduler) -> TrainState|None` and
-    `maybe_save(method, optimizer, scheduler, state, epoch_end: bool)`; None disables checkpoints.
+    checkpointer: object with `restore(method, optimizer, scheduler) -> TrainState|None`,
+    `due(state, epoch_end: bool) -> bool` and `save(method, optimizer, scheduler, state)`; None disables
+    checkpoints. A run restored mid-epoch continues with the same batches, augmentations and epoch mean.
     """
     device = torch.device(cfg.device)
     method.to(device)
@@ -98,12 +119,12 @@ def pretrain(method: nn.Module, images_u8: torch.Tensor, cfg: TrainConfig,
     state = TrainState()
     if checkpointer is not None:
         state = checkpointer.restore(method, optimizer, scheduler) or state
-    history: list[dict] = []
     pinned = device.type == "cuda"
     method.train()
     while state.epoch < cfg.epochs:
         order = epoch_order(cfg.seed, state.epoch, n)
-        t0, losses = time.perf_counter(), []
+        t0 = time.perf_counter()
+        losses = [torch.tensor(v, device=device) for v in state.epoch_losses[:state.step_in_epoch]]
         for step in range(state.step_in_epoch, spe):
             idx = order[step * cfg.batch_size:(step + 1) * cfg.batch_size]
             idx = idx[rank * per_rank_batch:(rank + 1) * per_rank_batch]
@@ -117,28 +138,24 @@ def pretrain(method: nn.Module, images_u8: torch.Tensor, cfg: TrainConfig,
             state.global_step += 1
             state.step_in_epoch = step + 1
             if state.global_step % cfg.log_every == 0 or step == spe - 1:
-                value = loss.item()   # host sync only every log_every steps
-                if not math.isfinite(value):
-                    raise NonFiniteLoss(f"pretraining loss became {value} at step {state.global_step} "
-                                        f"(epoch {state.epoch + 1}); the last good checkpoint is kept")
+                check_finite(losses, state)   # host sync only every log_every steps
+                value = loss.item()
                 if progress:
                     progress(f"epoch {state.epoch + 1}/{cfg.epochs} step {step + 1}/{spe} loss {value:.4f} "
                              f"lr {scheduler.get_last_lr()[0]:.2e}")
                 if on_step:
                     on_step(state, value)
-            if checkpointer is not None:
-                checkpointer.maybe_save(method, optimizer, scheduler, state, epoch_end=False)
+            if checkpointer is not None and checkpointer.due(state, epoch_end=False):
+                _save_checkpoint(checkpointer, method, optimizer, scheduler, state, losses)
+        check_finite(losses, state)
         epoch_loss = torch.stack(losses).mean().item() if losses else float("nan")
-        if not math.isfinite(epoch_loss):
-            raise NonFiniteLoss(f"pretraining loss became {epoch_loss} in epoch {state.epoch + 1} "
-                                f"(step {state.global_step}); the last good checkpoint is kept")
         metrics = {"epoch": state.epoch + 1, "loss": epoch_loss, "seconds": time.perf_counter() - t0,
                    "lr": scheduler.get_last_lr()[0]}
         state.epoch += 1
         state.step_in_epoch = 0
         if on_epoch_end:
             on_epoch_end(state.epoch, metrics)   # may add e.g. knn accuracy to metrics
-        history.append(metrics)
-        if checkpointer is not None:
-            checkpointer.maybe_save(method, optimizer, scheduler, state, epoch_end=True)
-    return history
+        state.history.append(metrics)
+        if checkpointer is not None and checkpointer.due(state, epoch_end=True):
+            _save_checkpoint(checkpointer, method, optimizer, scheduler, state, [])
+    return state.history

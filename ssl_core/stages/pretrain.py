@@ -5,6 +5,7 @@ URI), metrics/pretrain.json, plots/pretrain.csv (per-epoch loss and kNN monitor 
 """
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pandas as pd
@@ -49,6 +50,25 @@ def build_method(params: Params, meta: dict, seed: int | None = None):
         raise StageError(str(err)) from None
 
 
+def checkpoint_fingerprint(params: Params, root: Path, meta: dict) -> str:
+    """What a checkpoint is only valid for: the training params and the data's identity.
+
+    Knobs that do not change the trained weights (logging, checkpoint interval, kNN monitor, device)
+    are left out, so e.g. a retry with another checkpoint_every still resumes."""
+    from ssl_core.dvcops import dataset_md5s
+
+    train_knobs = params.pretrain.model_dump(mode="json", exclude={"log_every", "checkpoint_every", "knn_k", "device"})
+    return json.dumps({"seed": params.seed, "data": params.data.model_dump(mode="json"), "pretrain": train_knobs,
+                       "dvc_md5": dataset_md5s(root, params.data.raw_dir), "meta": meta}, sort_keys=True)
+
+
+def train_config(params: Params, n_unlabeled: int, device: torch.device) -> TrainConfig:
+    p = params.pretrain
+    return TrainConfig(epochs=p.epochs, batch_size=min(p.batch_size, n_unlabeled), optimizer=p.optimizer,
+                       lr=p.lr, weight_decay=p.weight_decay, warmup_epochs=p.warmup_epochs, seed=params.seed,
+                       device=str(device), log_every=p.log_every)
+
+
 def run(params: Params, root: Path = Path(".")) -> dict:
     from ssl_core import tracking
     from ssl_core.checkpoint import Checkpointer
@@ -60,23 +80,24 @@ def run(params: Params, root: Path = Path(".")) -> dict:
     train, val = load_split(prepared, "train"), load_split(prepared, "val")
     device = setup_torch(p.device)
     method = build_method(params, meta)
-    cfg = TrainConfig(epochs=p.epochs, batch_size=min(p.batch_size, len(unlabeled)), optimizer=p.optimizer,
-                      lr=p.lr, weight_decay=p.weight_decay, warmup_epochs=p.warmup_epochs, seed=params.seed,
-                      device=str(device), log_every=p.log_every)
-    checkpointer = Checkpointer(root / CHECKPOINT_DIR, fingerprint=params.model_dump_json(include={"seed", "data", "pretrain"}),
+    cfg = train_config(params, len(unlabeled), device)
+    checkpointer = Checkpointer(root / CHECKPOINT_DIR, checkpoint_fingerprint(params, root, meta),
                                 every_steps=p.checkpoint_every)
-    curve: list[dict] = []
+    # Tracking is checked (stage_run -> setup) before any training; the checkpoint is removed only
+    # after every output is written and every log call succeeded, so any failure resumes, not retrains.
     with tracking.stage_run("pretrain", params, dataset_infos(root, d.raw_dir, d.prepared_dir), root) as run:
-        tracking.mlflow.set_tag("resumed_from_step", str(checkpointer.resume_step()))
+        resume = checkpointer.resume_info()
+        tracking.link_resumed_run(resume and resume.get("run_id"), resume["global_step"] if resume else 0)
+        for done in (resume["history"] if resume else []):   # the crashed run's epochs, so this run has the whole curve
+            tracking.mlflow.log_metrics(epoch_metrics(done), step=done["epoch"])
+        checkpointer.metadata = {"run_id": run.info.run_id}
 
         def on_epoch_end(epoch: int, metrics: dict) -> None:
             metrics["knn_accuracy"] = knn_accuracy(method.backbone, train, val, meta["num_classes"], device, p.knn_k)
             method.train()
             log.info("pretrain: epoch %d/%d loss %.4f knn(val) %.4f (%.1fs)", epoch, p.epochs,
                      metrics["loss"], metrics["knn_accuracy"], metrics["seconds"])
-            tracking.mlflow.log_metrics({"loss": metrics["loss"], "knn_accuracy": metrics["knn_accuracy"],
-                                         "lr": metrics["lr"], "epoch_seconds": metrics["seconds"]}, step=epoch)
-            curve.append({k: metrics[k] for k in ("epoch", "loss", "knn_accuracy")})
+            tracking.mlflow.log_metrics(epoch_metrics(metrics), step=epoch)
 
         history = pretrain(method, unlabeled.images, cfg, on_epoch_end=on_epoch_end,
                            checkpointer=checkpointer, progress=lambda line: log.info("pretrain: %s", line))
@@ -90,10 +111,16 @@ def run(params: Params, root: Path = Path(".")) -> dict:
         write_json(root / ENCODER_JSON, {**spec, "run_id": run.info.run_id, "model_uri": model_uri})
         write_json(root / METRICS_JSON, metrics)
         (root / CURVE_CSV).parent.mkdir(parents=True, exist_ok=True)
+        curve = [{k: h.get(k) for k in ("epoch", "loss", "knn_accuracy")} for h in history]
         pd.DataFrame(curve, columns=["epoch", "loss", "knn_accuracy"]).to_csv(root / CURVE_CSV, index=False)
         tracking.mlflow.log_artifact(str(root / CURVE_CSV), artifact_path="plots")
     checkpointer.clear()
     return metrics
+
+
+def epoch_metrics(metrics: dict) -> dict[str, float]:
+    return {"loss": metrics["loss"], "knn_accuracy": metrics["knn_accuracy"], "lr": metrics["lr"],
+            "epoch_seconds": metrics["seconds"]}
 
 
 def log_encoder_model(backbone: torch.nn.Module, spec: dict) -> str:
