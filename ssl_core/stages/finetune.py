@@ -13,8 +13,9 @@ import torch
 
 from ssl_core.augment import AugmentConfig
 from ssl_core.config import Params
-from ssl_core.data.cache import atomic_torch_save, load_fractions, load_meta, load_split
+from ssl_core.data.cache import Split, atomic_torch_save, load_fractions, load_meta, load_split
 from ssl_core.evaluation import FitConfig, fit_classifier, fit_linear_probe
+from ssl_core.models import Classifier
 from ssl_core.progress import Progress, log
 from ssl_core.stages.common import dataset_infos, setup_torch
 from ssl_core.stages.pretrain import ENCODER_JSON, ENCODER_PT, build_encoder
@@ -32,6 +33,30 @@ def cells(params: Params, fractions: dict) -> list[tuple[str, str, str, str]]:
                 out.append(("ssl", protocol, frac, seed))
             out.append(("scratch", "finetune", frac, seed))
     return out
+
+
+def cell_seed(params: Params, seed: str | int) -> int:
+    return params.seed * 1000 + int(seed)
+
+
+def scratch_encoder(spec: dict, run_seed: int) -> torch.nn.Module:
+    """A freshly initialised encoder of the architecture in `spec` (the scratch baseline's start)."""
+    torch.manual_seed(run_seed)
+    return build_encoder(spec)
+
+
+def fit_cell(params: Params, protocol: str, encoder: torch.nn.Module, subset: Split, val: Split, num_classes: int,
+             augment: AugmentConfig, device: torch.device, run_seed: int) -> tuple[Classifier, dict]:
+    """One classifier with finetune's budget: a linear probe on the frozen `encoder` (protocol "linear")
+    or `encoder` trained end to end ("finetune"; from scratch when `encoder` is freshly initialised)."""
+    f = params.finetune
+    if protocol == "linear":
+        cfg = FitConfig(epochs=f.linear_epochs, lr=f.linear_lr, batch_size=f.batch_size,
+                        weight_decay=f.weight_decay, min_steps=f.min_steps, seed=run_seed)
+        return fit_linear_probe(encoder, subset, val, num_classes, cfg, device)
+    cfg = FitConfig(epochs=f.finetune_epochs, lr=f.finetune_lr, batch_size=f.batch_size,
+                    weight_decay=f.weight_decay, min_steps=f.min_steps, seed=run_seed)
+    return fit_classifier(encoder, subset, val, num_classes, cfg, augment, device)
 
 
 def load_encoder(root: Path) -> tuple[torch.nn.Module, dict]:
@@ -62,20 +87,9 @@ def run(params: Params, root: Path = Path(".")) -> pd.DataFrame:
         bar = Progress(len(todo), "finetune", every_fraction=0.0)
         for i, (init, protocol, frac, seed) in enumerate(todo):
             subset = train.subset(fractions[frac][seed])
-            run_seed = params.seed * 1000 + int(seed)
-            if protocol == "linear":
-                cfg = FitConfig(epochs=f.linear_epochs, lr=f.linear_lr, batch_size=f.batch_size,
-                                weight_decay=f.weight_decay, min_steps=f.min_steps, seed=run_seed)
-                model, info = fit_linear_probe(encoder, subset, val, meta["num_classes"], cfg, device)
-            else:
-                if init == "ssl":
-                    start = encoder
-                else:
-                    torch.manual_seed(run_seed)
-                    start = build_encoder(spec)
-                cfg = FitConfig(epochs=f.finetune_epochs, lr=f.finetune_lr, batch_size=f.batch_size,
-                                weight_decay=f.weight_decay, min_steps=f.min_steps, seed=run_seed)
-                model, info = fit_classifier(start, subset, val, meta["num_classes"], cfg, augment, device)
+            run_seed = cell_seed(params, seed)
+            start = encoder if init == "ssl" else scratch_encoder(spec, run_seed)
+            model, info = fit_cell(params, protocol, start, subset, val, meta["num_classes"], augment, device, run_seed)
             name = f"{init}_{protocol}_{frac}_{seed}.pt"
             atomic_torch_save(model.state_dict(), out_dir / name)
             row = {"init": init, "protocol": protocol, "label_fraction": float(frac), "seed": int(seed),
