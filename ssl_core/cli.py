@@ -83,6 +83,12 @@ def cmd_config(args) -> int:
     if args.check:
         _params(args)
         print(f"{args.params}: OK")
+    elif args.write_readme:
+        from ssl_core.config import readme_with_reference
+
+        readme = Path(args.write_readme)
+        readme.write_text(readme_with_reference(readme.read_text()))
+        print(f"{readme}: configuration reference updated")
     else:
         print(reference_markdown())
     return 0
@@ -144,7 +150,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     sub.add_parser("run", parents=[common], help="run the whole pipeline as a Prefect flow").set_defaults(func=cmd_run)
     cfg = sub.add_parser("config", parents=[common], help="print the params reference (or --check params.yaml)")
-    cfg.add_argument("--check", action="store_true")
+    cfg.add_argument("--check", action="store_true", help="validate params.yaml (and --set values) and exit")
+    cfg.add_argument("--write-readme", metavar="README", help="regenerate the reference table inside README")
     cfg.set_defaults(func=cmd_config)
     sub.add_parser("methods", parents=[common], help="list the registered SSL methods and their knobs").set_defaults(func=cmd_methods)
     bench = sub.add_parser("bench", parents=[common], help="pretraining step throughput vs a PIL/DataLoader recipe")

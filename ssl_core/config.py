@@ -74,6 +74,21 @@ class PretrainParams(_Section):
     device: Literal["auto", "cpu", "cuda"] = "auto"
     log_every: int = Field(10, ge=1)
     checkpoint_every: int = Field(50, ge=0)
+    # Multi-process training through torchrun (ssl_core/launch.py): 1 x 1 trains in the stage's process.
+    nproc_per_node: int = Field(1, ge=1, le=64)
+    nnodes: int = Field(1, ge=1)
+    rdzv_endpoint: str = ""          # HOST:PORT of the c10d rendezvous; "" = standalone (one node)
+    sync_batchnorm: bool = False     # BatchNorm statistics over the global batch (CUDA only)
+
+    @model_validator(mode="after")
+    def _distributed_layout(self) -> "PretrainParams":
+        world = self.nproc_per_node * self.nnodes
+        if self.nnodes > 1 and not self.rdzv_endpoint:
+            raise ValueError("pretrain.rdzv_endpoint: nnodes > 1 needs HOST:PORT of a rendezvous every node reaches")
+        if self.batch_size % world:
+            raise ValueError(f"pretrain.batch_size: {self.batch_size} is the global batch and must divide evenly "
+                             f"over nproc_per_node x nnodes = {world} processes")
+        return self
 
 
 class FinetuneParams(_Section):
@@ -104,7 +119,7 @@ class FlowParams(_Section):
 
 
 class RetrainParams(_Section):
-    margin: float = Field(0.005, ge=0, le=1)    # challenger must beat the champion by this much
+    margin: float = Field(0.005, ge=-1, le=1)   # challenger must beat the champion by this much (<0: may be worse)
     cron: str = Field("0 3 * * *", min_length=9)  # `ssl-pipeline serve` schedule (nightly)
     timezone: str = "UTC"
     deployment_name: str = Field("nightly-retrain", min_length=1)
@@ -302,9 +317,52 @@ def load_params(path: str | Path = PARAMS_FILE, overrides: list[str] | None = No
     return validate(apply_overrides(raw, overrides or []))
 
 
-def reference_markdown() -> str:
-    """Configuration reference generated from the schema (README section)."""
-    lines = ["| key | type | default |", "|---|---|---|"]
+README_BEGIN = "<!-- CONFIG-REFERENCE:BEGIN"
+README_END = "<!-- CONFIG-REFERENCE:END -->"
+
+
+def readme_with_reference(readme: str) -> str:
+    """README text with the block between the CONFIG-REFERENCE markers regenerated from the schema."""
+    start = readme.index(README_BEGIN)
+    start = readme.index("-->", start) + len("-->")
+    end = readme.index(README_END)
+    return readme[:start] + "\n" + reference_markdown() + "\n" + readme[end:]
+
+
+def params_comments(path: str | Path = PARAMS_FILE) -> dict[str, str]:
+    """Dotted key -> the trailing comment on its line in params.yaml (the knobs' documentation)."""
+    comments: dict[str, str] = {}
+    stack: list[tuple[int, str]] = []
+    path = Path(path)
+    if not path.exists():
+        return comments
+    for line in path.read_text().splitlines():
+        body = line.split("#", 1)[0].rstrip()
+        if not body.strip() or ":" not in body or body.lstrip().startswith("-"):
+            continue
+        indent = len(body) - len(body.lstrip())
+        key = body.strip().split(":", 1)[0].strip()
+        stack = [(i, k) for i, k in stack if i < indent] + [(indent, key)]
+        if "#" in line:
+            comments[".".join(k for _, k in stack)] = line.split("#", 1)[1].strip()
+    return comments
+
+
+def _type_name(field) -> str:
+    ann = field.annotation
+    args = getattr(ann, "__args__", None)
+    if getattr(ann, "__origin__", None) is Literal or (args and str(ann).startswith("typing.Literal")):
+        return " \\| ".join(json.dumps(a) for a in args)
+    text = getattr(ann, "__name__", None) or str(ann).replace("typing.", "")
+    bounds = [f"{op} {getattr(m, attr)}" for m in field.metadata for attr, op in
+              (("ge", "≥"), ("gt", ">"), ("le", "≤"), ("lt", "<")) if getattr(m, attr, None) is not None]
+    return text + (f" ({', '.join(bounds)})" if bounds else "")
+
+
+def reference_markdown(params_file: str | Path = PARAMS_FILE) -> str:
+    """Configuration reference generated from the schema, with params.yaml's comments."""
+    comments = params_comments(params_file)
+    lines = ["| key | type | schema default | what it does (from params.yaml) |", "|---|---|---|---|"]
 
     def walk(prefix: str, model: type[BaseModel]) -> None:
         for name, field in model.model_fields.items():
@@ -314,8 +372,8 @@ def reference_markdown() -> str:
                 walk(key + ".", ann)
                 continue
             default = field.get_default(call_default_factory=True)
-            type_name = getattr(ann, "__name__", str(ann)).replace("typing.", "")
-            lines.append(f"| `{key}` | {type_name} | `{json.dumps(default)}` |")
+            doc = comments.get(key, "").replace("|", "\\|")
+            lines.append(f"| `{key}` | {_type_name(field)} | `{json.dumps(default)}` | {doc} |")
 
     walk("", Params)
     return "\n".join(lines)
