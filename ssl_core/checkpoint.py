@@ -11,6 +11,7 @@ unpickled as code.
 from __future__ import annotations
 
 import hashlib
+import io
 import logging
 import os
 import random
@@ -19,7 +20,6 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ssl_core.data.cache import atomic_torch_save
 from ssl_core.train import NonFiniteLoss, TrainState
 
 log = logging.getLogger("ssl_pipeline")
@@ -56,6 +56,26 @@ def set_rng_states(rng: dict) -> None:
     _set_numpy_rng_state(rng["numpy"])
     version, internal, gauss = rng["python"]
     random.setstate((version, tuple(internal), gauss))
+
+
+def atomic_write_torch(obj, path: Path) -> None:
+    """Serialise in memory, then temp file + fsync + rename (+ directory fsync).
+
+    torch.save straight into a file turns a full disk into an opaque RuntimeError from its C++
+    writer; writing the bytes ourselves gives a proper OSError (ENOSPC) and never a partial `path`."""
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        with open(tmp, "wb") as fh:
+            fh.write(buffer.getbuffer())
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    _fsync_dir(path.parent)
 
 
 def _fsync_dir(directory: Path) -> None:
@@ -164,12 +184,11 @@ class Checkpointer:
             "metadata": dict(self.metadata),
         }
         try:
-            atomic_torch_save(ckpt, self.path)
+            atomic_write_torch(ckpt, self.path)
         except OSError as err:
             kept = f"the previous checkpoint {self.path} is intact" if self.path.exists() else "no checkpoint was kept"
             raise CheckpointWriteError(err.errno, f"writing the checkpoint at step {state.global_step} failed "
                                                   f"({err.strerror or err}); {kept}") from err
-        _fsync_dir(self.directory)
 
     def clear(self) -> None:
         """Remove the checkpoint once the stage's outputs and logging have succeeded."""
