@@ -47,7 +47,11 @@ def cmd_data(args) -> int:
         counts = write_demo(raw, seed=args.seed, progress=bar.update)
         bar.close()
         dvcops.ensure_repo(root)
-        md5s = dvcops.track(root, [str(raw / "unlabeled"), str(raw / "labeled")])
+        targets = [str(raw / "unlabeled"), str(raw / "labeled")]
+        if counts.get("written") or not all(Path(f"{t}.dvc").exists() for t in targets):
+            md5s = dvcops.track(root, targets)
+        else:   # byte-identical demo data already tracked: skip `dvc add` (keeps a rerun fast)
+            md5s = dvcops.dataset_md5s(root, str(raw))
         print(json.dumps({"written": counts, "dvc_md5": md5s}, indent=2, default=str))
     elif args.data_command == "import":
         from ssl_core.data.importer import import_folder
