@@ -59,9 +59,11 @@ def steps_per_epoch(n: int, batch_size: int) -> int:
 
 
 def train_step(method: nn.Module, optimizer: torch.optim.Optimizer, batch_u8: torch.Tensor,
-               gen: torch.Generator | None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """One optimizer step of any method. Returns the (detached) loss without a host sync."""
-    loss, extra = method.loss(batch_u8, gen)
+               gen: torch.Generator | None, loss_fn: Callable | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """One optimizer step of any method. Returns the (detached) loss without a host sync.
+
+    loss_fn: method.loss, or the same call through DistributedDataParallel (dist_utils.loss_fn_for)."""
+    loss, extra = (loss_fn or method.loss)(batch_u8, gen)
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     optimizer.step()
@@ -110,9 +112,12 @@ def pretrain(method: nn.Module, images_u8: torch.Tensor, cfg: TrainConfig,
     device = torch.device(cfg.device)
     method.to(device)
     world, rank = dist_utils.world_size(), dist_utils.rank()
-    per_rank_batch = cfg.batch_size // world
+    if cfg.batch_size < world:
+        raise ValueError(f"batch size {cfg.batch_size} is smaller than the {world} processes it is split over")
+    global_batch = cfg.batch_size // world * world   # every rank gets the same share
+    loss_fn = dist_utils.loss_fn_for(method, device)   # DDP when distributed: gradients averaged over ranks
     n = images_u8.shape[0]
-    spe = steps_per_epoch(n, cfg.batch_size)
+    spe = steps_per_epoch(n, global_batch)
     total = spe * cfg.epochs
     optimizer = build_optimizer(method, cfg.optimizer, cfg.lr, cfg.weight_decay)
     scheduler = warmup_cosine(optimizer, warmup_steps=spe * cfg.warmup_epochs, total_steps=total)
@@ -126,12 +131,12 @@ def pretrain(method: nn.Module, images_u8: torch.Tensor, cfg: TrainConfig,
         t0 = time.perf_counter()
         losses = [torch.tensor(v, device=device) for v in state.epoch_losses[:state.step_in_epoch]]
         for step in range(state.step_in_epoch, spe):
-            idx = order[step * cfg.batch_size:(step + 1) * cfg.batch_size]
-            idx = idx[rank * per_rank_batch:(rank + 1) * per_rank_batch]
+            idx = dist_utils.shard_batch(order[step * global_batch:(step + 1) * global_batch], rank, world)
             batch = images_u8[idx]
             batch = batch.pin_memory().to(device, non_blocking=True) if pinned else batch.to(device)
             gen = step_generator(cfg.seed, state.global_step * world + rank, device)
-            loss, _ = train_step(method, optimizer, batch, gen)
+            loss, _ = train_step(method, optimizer, batch, gen, loss_fn)
+            loss = dist_utils.mean_across_ranks(loss)   # the global batch's loss, the same on every rank
             scheduler.step()
             method.after_step((state.global_step + 1) / total)
             losses.append(loss)

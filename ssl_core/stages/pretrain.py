@@ -7,10 +7,12 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Callable
 
 import pandas as pd
 import torch
 
+from ssl_core import distributed as dist_utils
 from ssl_core.config import Params
 from ssl_core.data.cache import atomic_torch_save, load_meta, load_split
 from ssl_core.evaluation import knn_accuracy
@@ -69,18 +71,48 @@ def train_config(params: Params, n_unlabeled: int, device: torch.device) -> Trai
                        device=str(device), log_every=p.log_every)
 
 
+def train_encoder(params: Params, root: Path, meta: dict, device: torch.device, checkpointer,
+                  log_epoch: Callable[[int, dict], None] | None = None, lead: bool = True):
+    """Pretrain on this process's share of the data -> (method, per-epoch history).
+
+    The one-process stage and every rank of a distributed run (stages/pretrain_worker.py) train
+    through this. lead: this process runs the kNN monitor, logs progress and calls log_epoch (rank 0).
+    """
+    p = params.pretrain
+    prepared = root / params.data.prepared_dir
+    unlabeled = load_split(prepared, "unlabeled")
+    method = build_method(params, meta)
+    if p.sync_batchnorm and dist_utils.is_distributed():
+        method = torch.nn.SyncBatchNorm.convert_sync_batchnorm(method)
+    on_epoch_end = None
+    if lead:
+        train, val = load_split(prepared, "train"), load_split(prepared, "val")
+
+        def on_epoch_end(epoch: int, metrics: dict) -> None:
+            metrics["knn_accuracy"] = knn_accuracy(method.backbone, train, val, meta["num_classes"], device, p.knn_k)
+            method.train()
+            log.info("pretrain: epoch %d/%d loss %.4f knn(val) %.4f (%.1fs)", epoch, p.epochs,
+                     metrics["loss"], metrics["knn_accuracy"], metrics["seconds"])
+            if log_epoch:
+                log_epoch(epoch, metrics)
+
+    history = pretrain(method, unlabeled.images, train_config(params, len(unlabeled), device), on_epoch_end=on_epoch_end,
+                       checkpointer=checkpointer, progress=(lambda line: log.info("pretrain: %s", line)) if lead else None)
+    return method, history
+
+
 def run(params: Params, root: Path = Path(".")) -> dict:
+    """Pretrain in this process, or (pretrain.nproc_per_node x nnodes > 1) on torchrun's ranks."""
     from ssl_core import tracking
     from ssl_core.checkpoint import Checkpointer
 
     d, p = params.data, params.pretrain
-    prepared = root / d.prepared_dir
-    meta = load_meta(prepared)
-    unlabeled = load_split(prepared, "unlabeled")
-    train, val = load_split(prepared, "train"), load_split(prepared, "val")
+    distributed = p.nproc_per_node * p.nnodes > 1
     device = setup_torch(p.device)
-    method = build_method(params, meta)
-    cfg = train_config(params, len(unlabeled), device)
+    if distributed and p.sync_batchnorm and device.type != "cuda":
+        raise StageError("pretrain.sync_batchnorm needs CUDA (torch's SyncBatchNorm has no CPU version); "
+                         "set it to false or train on GPUs")
+    meta = load_meta(root / d.prepared_dir)
     checkpointer = Checkpointer(root / CHECKPOINT_DIR, checkpoint_fingerprint(params, root, meta),
                                 every_steps=p.checkpoint_every)
     # Tracking is checked (stage_run -> setup) before any training; the checkpoint is removed only
@@ -91,18 +123,18 @@ def run(params: Params, root: Path = Path(".")) -> dict:
         for done in (resume["history"] if resume else []):   # the crashed run's epochs, so this run has the whole curve
             tracking.mlflow.log_metrics(epoch_metrics(done), step=done["epoch"])
         checkpointer.metadata = {"run_id": run.info.run_id}
-
-        def on_epoch_end(epoch: int, metrics: dict) -> None:
-            metrics["knn_accuracy"] = knn_accuracy(method.backbone, train, val, meta["num_classes"], device, p.knn_k)
-            method.train()
-            log.info("pretrain: epoch %d/%d loss %.4f knn(val) %.4f (%.1fs)", epoch, p.epochs,
-                     metrics["loss"], metrics["knn_accuracy"], metrics["seconds"])
-            tracking.mlflow.log_metrics(epoch_metrics(metrics), step=epoch)
-
-        history = pretrain(method, unlabeled.images, cfg, on_epoch_end=on_epoch_end,
-                           checkpointer=checkpointer, progress=lambda line: log.info("pretrain: %s", line))
-        backbone = method.backbone.cpu().eval()
         spec = encoder_spec(params, meta)
+        if distributed:   # rank 0 logs each epoch into this run and writes the checkpoints
+            from ssl_core.stages.pretrain_worker import launch
+
+            weights, history = launch(params, root, run.info.run_id, on_line=lambda line: log.info("%s", line))
+            backbone = build_encoder(spec)
+            backbone.load_state_dict(weights)
+        else:
+            method, history = train_encoder(params, root, meta, device, checkpointer,
+                                            log_epoch=lambda e, m: tracking.mlflow.log_metrics(epoch_metrics(m), step=e))
+            backbone = method.backbone
+        backbone = backbone.cpu().eval()
         atomic_torch_save(backbone.state_dict(), root / ENCODER_PT)
         final = history[-1] if history else {}
         metrics = {"loss": final.get("loss"), "knn_accuracy": final.get("knn_accuracy"),
