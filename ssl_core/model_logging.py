@@ -12,13 +12,15 @@ import torch
 from mlflow.models import infer_signature
 
 
-def log_torch_model(model: torch.nn.Module, example: torch.Tensor, name: str) -> str:
-    """Log `model` (eval mode, CPU) under the active run; returns its models:/ URI."""
+def log_torch_model(model: torch.nn.Module, example: torch.Tensor, name: str, metadata: dict | None = None) -> str:
+    """Log `model` (eval mode, CPU) under the active run; returns its models:/ URI.
+
+    `metadata` lands in the MLmodel file (e.g. {"classes": [...]}, read back by `ssl-pipeline predict`)."""
     model = model.cpu().eval()
     with torch.no_grad():
         output = model(example)
     signature = infer_signature(example.numpy(), output.numpy())
     info = mlflow.pytorch.log_model(model, name=name, signature=signature, input_example=example.numpy(),
-                                    export_model=True, serialization_format="pt2",
+                                    export_model=True, serialization_format="pt2", metadata=metadata,
                                     pip_requirements=[f"torch=={torch.__version__.split('+')[0]}"])
     return info.model_uri
