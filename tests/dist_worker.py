@@ -1,7 +1,9 @@
 """Per-rank script for tests/test_distributed.py, run under torchrun by ssl_core.launch (gloo, CPU).
 
-    dist_worker.py equivalence OUT   every rank takes ONE pretraining step (SimCLR, then MoCo v2) on its
-                                     half of the global batch; rank 0 saves loss, weights, queue to OUT
+    dist_worker.py equivalence OUT CKPT   every rank takes ONE pretraining step (SimCLR, then MoCo v2) on
+                                          its half of the global batch, then resumes SimCLR from the
+                                          1-process checkpoint in CKPT for its 2nd epoch; rank 0 saves
+                                          losses, weights, queue to OUT
     dist_worker.py fail              rank 1 raises on a bad input while rank 0 waits in a collective
     dist_worker.py hang              rank 1 never joins the collective rank 0 waits in
 
@@ -98,6 +100,37 @@ def one_step(name: str) -> dict:
     return {"loss": history[0]["loss"], "state": state}
 
 
+class EpochOneCheckpointer:
+    """A real Checkpointer that saves only at the end of epoch 1 (the state a 2-epoch run resumes from)."""
+
+    def __init__(self, directory: Path):
+        from ssl_core.checkpoint import Checkpointer
+
+        self.inner = Checkpointer(directory, fingerprint="dist-test")
+
+    def restore(self, method, optimizer, scheduler):
+        return self.inner.restore(method, optimizer, scheduler)
+
+    def due(self, state, epoch_end: bool) -> bool:
+        return epoch_end and state.epoch == 1
+
+    def save(self, *args) -> None:
+        self.inner.save(*args)
+
+
+def two_epochs(checkpointer) -> dict:
+    """SimCLR for 2 epochs of one step each; with a checkpointer holding epoch 1, only epoch 2 runs."""
+    from ssl_core.train import TrainConfig, pretrain
+
+    method = tiny_method("simclr")
+    cfg = TrainConfig(epochs=2, batch_size=GLOBAL_BATCH, optimizer="sgd", lr=0.5, weight_decay=0.0,
+                      warmup_epochs=0, seed=3, device="cpu", log_every=1)
+    with fixed_views():
+        history = pretrain(method, tiny_images(), cfg, checkpointer=checkpointer)
+    return {"loss": history[-1]["loss"], "epochs": len(history),
+            "state": {k: v.detach().clone() for k, v in method.state_dict().items()}}
+
+
 def main(argv: list[str]) -> None:
     torch.set_num_threads(1)
     mode = argv[0]
@@ -105,7 +138,12 @@ def main(argv: list[str]) -> None:
     rank = dist_utils.rank()
     try:
         if mode == "equivalence":
+            from ssl_core.stages.pretrain_worker import RankZeroCheckpointer
+
             results = {name: one_step(name) for name in ("simclr", "moco")}
+            # resume from a 1-process checkpoint: rank 0 reads it, rank 1 gets it by broadcast
+            lead = EpochOneCheckpointer(Path(argv[2])).inner if rank == 0 else None
+            results["resumed"] = two_epochs(RankZeroCheckpointer(lead))
             if rank == 0:
                 torch.save(results, Path(argv[1]))
         elif mode == "fail":

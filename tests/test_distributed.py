@@ -103,12 +103,14 @@ def test_shards_of_every_step_partition_the_global_batch():
 @pytest.mark.slow
 def test_two_ranks_take_the_same_step_as_one_process(tmp_path):
     """SimCLR and MoCo v2: one step with the global batch split over 2 gloo ranks == one process with
-    the whole batch: same loss, same updated weights (1e-5), same MoCo queue (contents and order)."""
-    from dist_worker import one_step, tiny_method
+    the whole batch: same loss, same updated weights (1e-5), same MoCo queue (contents and order).
+    And a 2-rank run resumed from a 1-process checkpoint continues exactly as the 1-process run."""
+    from dist_worker import EpochOneCheckpointer, one_step, tiny_method, two_epochs
 
     out = tmp_path / "ranks.pt"
-    run_torchrun(WORKER, ["equivalence", str(out)], LaunchSpec(nproc_per_node=2), module=False,
-                 env=_env(), timeout_s=TIMEOUT_S)
+    straight = two_epochs(EpochOneCheckpointer(tmp_path / "ckpt"))   # leaves the epoch-1 checkpoint behind
+    run_torchrun(WORKER, ["equivalence", str(out), str(tmp_path / "ckpt")], LaunchSpec(nproc_per_node=2),
+                 module=False, env=_env(), timeout_s=TIMEOUT_S)
     distributed = torch.load(out, weights_only=True)
     for name in ("simclr", "moco"):
         single = one_step(name)
@@ -124,6 +126,12 @@ def test_two_ranks_take_the_same_step_as_one_process(tmp_path):
     assert torch.equal(single["state"]["queue_ptr"], distributed["moco"]["state"]["queue_ptr"])
     assert int(single["state"]["queue_ptr"]) == 16   # 2 views x global batch 8 keys were enqueued
     torch.testing.assert_close(queue_2r, queue_1p, atol=1e-5, rtol=0)
+    # Resuming: rank 0 restores the 1-process checkpoint and broadcasts it; had rank 1 started from
+    # fresh weights, the averaged step would differ from the uninterrupted 1-process run.
+    resumed = distributed["resumed"]
+    assert resumed["epochs"] == 2 and resumed["loss"] == pytest.approx(straight["loss"], abs=1e-5)
+    for key, value in straight["state"].items():
+        torch.testing.assert_close(resumed["state"][key], value, atol=1e-5, rtol=0, msg=f"resumed: {key}")
 
 
 @pytest.mark.slow
