@@ -1,0 +1,103 @@
+"""The method comparison as a Prefect flow: prepare (through DVC) -> one task per method -> the
+random and scratch baselines -> report (CSV, plot, MLflow, Prefect artifacts).
+
+Thin on purpose: the work is in ssl_core/compare.py and ssl_core/compare_report.py. Every method is
+its own task with retries from params.flow (a retried method resumes from its checkpoint); a method
+that still fails is reported as failed and the others finish.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+from prefect import flow, get_run_logger, task
+from prefect.artifacts import create_markdown_artifact, create_table_artifact
+from prefect.runtime import flow_run
+
+from ssl_core import compare as logic, compare_report as report
+from ssl_core.config import Params, load_params
+from ssl_core.data.cache import load_meta
+from ssl_core.dvcops import require_data
+from ssl_core.repro import repro_stage
+from ssl_core.runner import overridden_params
+
+ARTIFACT_KEY = "method-comparison"
+
+
+@task(name="check-data")
+def check_data(params: Params, root: Path) -> None:
+    require_data(root, [f"{params.data.raw_dir}/labeled", f"{params.data.raw_dir}/unlabeled"])
+
+
+@task(name="stage-prepare")
+def prepare(root: Path, env: dict[str, str]) -> bool:
+    return repro_stage("prepare", root, env, on_line=get_run_logger().info)
+
+
+@task(name="compare-method")
+def compare_method(params: Params, root: Path, method: str) -> list[dict]:
+    return logic.run_method(params, root, method, note=get_run_logger().info)
+
+
+@task(name="compare-baseline")
+def compare_baseline(params: Params, root: Path, kind: str, backbones: list[str]) -> list[dict]:
+    return logic.run_baseline(params, root, kind, backbones, note=get_run_logger().info)
+
+
+@task(name="publish-report")
+def publish_report(params: Params, rows: list[dict], order: list[str], out_dir: Path, parent_run_id: str) -> dict:
+    title = (f"SSL methods on the same data, {logic.budget(params)} pretraining epochs each "
+             f"(test accuracy, band = min-max over seeds)")
+    result = report.write(rows, order, out_dir, title)
+    report.log_to_run(parent_run_id, result)
+    create_markdown_artifact(markdown=result["markdown"], key=ARTIFACT_KEY, description="Method comparison")
+    table = result["table"].astype(object).where(result["table"].notna(), None)
+    create_table_artifact(table=table.round(4).to_dict(orient="records"), key=f"{ARTIFACT_KEY}-table",
+                          description="Test accuracy per method, protocol, label fraction and seed")
+    return result
+
+
+@flow(name="compare", log_prints=True)
+def compare(root: str = ".", params_file: str = "params.yaml", overrides: list[str] | None = None,
+            out_dir: str = "reports") -> dict:
+    """overrides: `--set` style KEY=VALUE applied to params.yaml for this run (restored afterwards)."""
+    root_path = Path(root).resolve()
+    path = root_path / params_file
+    params = load_params(path, overrides)   # every params error before any work
+    logger = get_run_logger()
+    retry = {"retries": params.flow.retries, "retry_delay_seconds": params.flow.retry_delay_seconds}
+    check_data(params, root_path)
+    with overridden_params(path, overrides or []), \
+            logic.parent_run(params, root_path, overrides, str(flow_run.get_id() or "")) as parent_run_id:
+        prepare.with_options(**retry)(root_path, logic.child_env())
+        entries = logic.plan(params, load_meta(root_path / params.data.prepared_dir))
+        rows: list[dict] = []
+        for entry in entries:
+            if entry.skip_reason:
+                logger.warning("%s: %s", entry.method, entry.skip_reason)
+                rows.append(logic.status_row(entry.method, entry.backbone, entry.skip_reason))
+                continue
+            task_ = compare_method.with_options(name=f"compare-{entry.method}", **retry)
+            rows += _rows_or_failure(task_(params, root_path, entry.method, return_state=True),
+                                     entry.method, entry.backbone, logger)
+        backbones = logic.baseline_backbones(params, entries)
+        for kind in logic.BASELINES:
+            task_ = compare_baseline.with_options(name=f"compare-{kind}", **retry)
+            rows += _rows_or_failure(task_(params, root_path, kind, backbones, return_state=True),
+                                     kind, ",".join(backbones), logger)
+        order = [e.method for e in entries] + list(logic.BASELINES)
+        result = publish_report(params, rows, order, root_path / out_dir, parent_run_id)
+    return {"parent_run_id": parent_run_id, "markdown": result["markdown"], "csv": str(result["csv"]),
+            "png": str(result["png"]), "failed": sorted({r["method"] for r in rows if r["status"].startswith("failed")}),
+            "skipped": [e.method for e in entries if e.skip_reason]}
+
+
+def _rows_or_failure(state, method: str, backbone: str, logger) -> list[dict]:
+    if state.is_completed():
+        return state.result()
+    status = logic.failure_status(state)
+    logger.error("%s: %s (the other methods go on)", method, status)
+    return [logic.status_row(method, backbone, status)]
+
+
+if __name__ == "__main__":
+    print(compare()["markdown"])

@@ -1,0 +1,254 @@
+"""The method comparison behind flows/compare.py: every method in compare.methods pretrained on the
+same prepared data with the same budget, each evaluated as the evaluate stage does (kNN, linear probe
+and fine-tuning at every label fraction and seed, accuracy on the test split), next to two baselines
+of each architecture used: `random` (kNN + linear probe on a randomly initialised encoder) and
+`scratch` (supervised training from random init with finetune's budget).
+
+The building blocks are the stages' own (build_method, train_config, fit_cell, knn_rows): a method
+compared here trains and evaluates exactly as the pipeline would with pretrain.method set to it.
+One MLflow run "compare" is the parent; every method and baseline is a nested child run.
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterator
+
+import mlflow
+import torch
+
+from ssl_core import tracking
+from ssl_core.augment import AugmentConfig
+from ssl_core.config import Params, compare_backbone, validate
+from ssl_core.data.cache import Split, load_fractions, load_meta, load_split
+from ssl_core.evaluation import accuracy, knn_accuracy
+from ssl_core.methods import get_method_class
+from ssl_core.progress import log
+from ssl_core.stages.common import dataset_infos, setup_torch
+from ssl_core.stages.evaluate import knn_rows
+from ssl_core.stages.finetune import cell_seed, fit_cell, scratch_encoder
+from ssl_core.stages.pretrain import (build_encoder, build_method, checkpoint_fingerprint, encoder_spec,
+                                      epoch_metrics, train_config)
+from ssl_core.train import pretrain
+
+CHECKPOINT_DIR = Path("checkpoints/compare")
+BASELINES = ("random", "scratch")
+OK = "ok"
+Note = Callable[[str], None]
+
+
+@dataclass
+class Entry:
+    """One method of the plan: its backbone, and why it is skipped (None: it runs)."""
+    method: str
+    backbone: str
+    skip_reason: str | None = None
+
+
+@dataclass
+class Data:
+    meta: dict
+    unlabeled: Split
+    train: Split
+    val: Split
+    test: Split
+    fractions: dict
+    infos: dict   # dataset name -> {path, DVC md5, manifest}: the MLflow dataset inputs
+
+
+def budget(params: Params) -> int:
+    """Pretraining epochs per method: compare.epochs, or pretrain.epochs when that is 0."""
+    return params.compare.epochs or params.pretrain.epochs
+
+
+def method_knobs(params: Params, method: str) -> dict:
+    """compare.method_params[method]; else pretrain.method_params for the pipeline's own method; else {}."""
+    if method in params.compare.method_params:
+        return dict(params.compare.method_params[method])
+    return dict(params.pretrain.method_params) if method == params.pretrain.method else {}
+
+
+def params_for(params: Params, method: str) -> Params:
+    """The params the pipeline would run with pretrain.method = `method` under the comparison's budget."""
+    raw = params.model_dump(mode="json")
+    raw["pretrain"].update(method=method, backbone=compare_backbone(params, method), epochs=budget(params),
+                           method_params=method_knobs(params, method))
+    return validate(raw)
+
+
+def plan(params: Params, meta: dict) -> list[Entry]:
+    """Every listed method with its backbone; colour-only methods are skipped on grayscale data."""
+    entries = []
+    for name in params.compare.methods:
+        reason = None
+        if get_method_class(name).requires_color and meta["channels"] != 3:
+            reason = f"skipped: needs colour images (the prepared data has {meta['channels']} channel)"
+        entries.append(Entry(name, compare_backbone(params, name), reason))
+    return entries
+
+
+def baseline_backbones(params: Params, entries: list[Entry]) -> list[str]:
+    """One random and one scratch baseline per architecture that a compared method uses."""
+    used = [e.backbone for e in entries if e.skip_reason is None]
+    return sorted(set(used)) or [params.pretrain.backbone]
+
+
+def status_row(method: str, backbone: str, status: str) -> dict:
+    """The one report row of a method that produced no accuracies (skipped or failed)."""
+    return {"method": method, "backbone": backbone, "protocol": "", "label_fraction": None, "seed": None,
+            "accuracy": None, "pretrain_seconds": None, "status": status}
+
+
+def load_data(params: Params, root: Path) -> Data:
+    d = params.data
+    prepared = root / d.prepared_dir
+    return Data(load_meta(prepared), *(load_split(prepared, s) for s in ("unlabeled", "train", "val", "test")),
+                load_fractions(prepared), dataset_infos(root, d.raw_dir, d.prepared_dir))
+
+
+@contextlib.contextmanager
+def parent_run(params: Params, root: Path, overrides: list[str] | None, flow_run_id: str) -> Iterator[str]:
+    """The parent MLflow run "compare" (created through the client, so child runs can start in any
+    thread); its id is exported as SSL_PIPELINE_PARENT_RUN_ID for the children and the prepare stage."""
+    exp_id = tracking.setup(params.tracking.experiment, root)
+    saved = {k: os.environ.get(k) for k in (tracking.PARENT_ENV, tracking.FLOW_RUN_ENV, tracking.OVERRIDES_ENV)}
+    os.environ[tracking.FLOW_RUN_ENV] = flow_run_id
+    if overrides:
+        os.environ[tracking.OVERRIDES_ENV] = json.dumps(overrides)
+    client = tracking.client()
+    tags = {**tracking.run_tags("compare", root), "compare.methods": ",".join(params.compare.methods),
+            "compare.epochs": str(budget(params))}
+    run = client.create_run(exp_id, run_name="compare", tags=tags)
+    status = "FAILED"
+    try:
+        items = [mlflow.entities.Param(k, ("" if v is None else str(v))[:6000]) for k, v in params.flat().items()]
+        for i in range(0, len(items), 100):   # MLflow caps params per batch
+            client.log_batch(run.info.run_id, params=items[i:i + 100])
+        os.environ[tracking.PARENT_ENV] = run.info.run_id
+        yield run.info.run_id
+        status = "FINISHED"
+    finally:
+        for key, value in saved.items():
+            os.environ.pop(key, None) if value is None else os.environ.__setitem__(key, value)
+        client.set_terminated(run.info.run_id, status)
+
+
+def child_env() -> dict[str, str]:
+    """The tracking context a stage subprocess (DVC) needs to nest its run under the parent."""
+    keys = (tracking.PARENT_ENV, tracking.FLOW_RUN_ENV, tracking.OVERRIDES_ENV)
+    return {"MLFLOW_TRACKING_URI": tracking.tracking_uri(), **{k: os.environ[k] for k in keys if os.environ.get(k)}}
+
+
+def run_method(params: Params, root: Path, method: str, note: Note = log.info) -> list[dict]:
+    """Pretrain `method` (resuming from its checkpoint after a failed attempt), evaluate it, return its rows."""
+    from ssl_core.checkpoint import Checkpointer
+
+    mp = params_for(params, method)
+    data = load_data(mp, root)
+    device = setup_torch(mp.pretrain.device)
+    checkpointer = Checkpointer(root / CHECKPOINT_DIR / method, checkpoint_fingerprint(mp, root, data.meta),
+                                every_steps=mp.pretrain.checkpoint_every)
+    with tracking.stage_run(f"compare-{method}", mp, data.infos, root) as run:
+        mlflow.set_tags({"compare.method": method, "compare.backbone": mp.pretrain.backbone})
+        ssl = build_method(mp, data.meta)
+        mlflow.log_params({f"method_params.{k}": str(v)[:6000] for k, v in ssl.describe().items() if k != "method"})
+        encoder, seconds = pretrain_encoder(mp, ssl, data, device, checkpointer, run.info.run_id, note)
+        mlflow.log_metric("pretrain_seconds", seconds)
+        rows = knn_rows(method, encoder.to(device), data.train, data.test, data.fractions, data.meta["num_classes"],
+                        mp.evaluate.knn_k, device, init="ssl")
+        rows += fit_rows(mp, method, list(mp.finetune.protocols), lambda seed: encoder, data, device, note)
+        rows = finish_rows(rows, mp.pretrain.backbone, seconds)
+    checkpointer.clear()   # only once everything is evaluated and logged: a failed attempt resumes
+    return rows
+
+
+def pretrain_encoder(mp: Params, ssl: torch.nn.Module, data: Data, device: torch.device, checkpointer, run_id: str,
+                     note: Note) -> tuple[torch.nn.Module, float]:
+    """The pretrain stage's loop, kNN monitor and per-epoch MLflow metrics; returns (encoder, seconds)."""
+    p = mp.pretrain
+    resume = checkpointer.resume_info()
+    tracking.link_resumed_run(resume and resume.get("run_id"), resume["global_step"] if resume else 0)
+    for done in (resume["history"] if resume else []):   # the failed attempt's epochs: the whole curve here
+        mlflow.log_metrics(epoch_metrics(done), step=done["epoch"])
+    checkpointer.metadata = {"run_id": run_id}
+
+    def on_epoch_end(epoch: int, metrics: dict) -> None:
+        metrics["knn_accuracy"] = knn_accuracy(ssl.backbone, data.train, data.val, data.meta["num_classes"],
+                                               device, p.knn_k)
+        ssl.train()
+        note(f"compare {p.method}: epoch {epoch}/{p.epochs} loss {metrics['loss']:.4f} "
+             f"knn(val) {metrics['knn_accuracy']:.4f} ({metrics['seconds']:.1f}s)")
+        mlflow.log_metrics(epoch_metrics(metrics), step=epoch)
+
+    history = pretrain(ssl, data.unlabeled.images, train_config(mp, len(data.unlabeled), device),
+                       on_epoch_end=on_epoch_end, checkpointer=checkpointer,
+                       progress=lambda line: log.info("compare %s: %s", p.method, line))
+    return ssl.backbone.eval(), float(sum(h["seconds"] for h in history))
+
+
+def fit_rows(mp: Params, method: str, protocols: list[str], start: Callable[[int], torch.nn.Module], data: Data,
+             device: torch.device, note: Note) -> list[dict]:
+    """Test accuracy of a classifier per (label fraction, seed, protocol); start(run_seed) gives its encoder."""
+    augment = AugmentConfig().with_overrides(mp.finetune.augment)
+    rows = []
+    for frac, seeds in data.fractions.items():
+        for seed, idx in seeds.items():
+            subset, run_seed = data.train.subset(idx), cell_seed(mp, seed)
+            for protocol in protocols:
+                model, _ = fit_cell(mp, protocol, start(run_seed), subset, data.val, data.meta["num_classes"],
+                                    augment, device, run_seed)
+                acc = accuracy(model.to(device), data.test, device)
+                note(f"compare {method}/{protocol}: fraction {frac} seed {seed} ({len(subset)} labels) test acc {acc:.4f}")
+                rows.append({"method": method, "protocol": protocol, "label_fraction": float(frac),
+                             "seed": int(seed), "accuracy": acc})
+    return rows
+
+
+def finish_rows(rows: list[dict], backbone: str, seconds: float) -> list[dict]:
+    """Add backbone, pretraining time and status; log each accuracy to the active (child) run."""
+    out = []
+    for r in rows:
+        row = {"method": r["method"], "backbone": backbone, "protocol": r["protocol"],
+               "label_fraction": r["label_fraction"], "seed": r["seed"], "accuracy": r["accuracy"],
+               "pretrain_seconds": seconds, "status": OK}
+        mlflow.log_metric(f"test_accuracy.{backbone}.{r['protocol']}.{r['label_fraction']:g}.{r['seed']}", r["accuracy"])
+        out.append(row)
+    return out
+
+
+def run_baseline(params: Params, root: Path, kind: str, backbones: list[str], note: Note = log.info) -> list[dict]:
+    """`random`: kNN + linear probe on a randomly initialised encoder; `scratch`: the encoder trained
+    from random init on the labels with finetune's budget. One per backbone, one child run."""
+    if kind not in BASELINES:
+        raise ValueError(f"unknown baseline {kind!r}; allowed: {', '.join(BASELINES)}")
+    data = load_data(params, root)
+    device = setup_torch(params.pretrain.device)
+    rows: list[dict] = []
+    with tracking.stage_run(f"compare-{kind}", params, data.infos, root):
+        mlflow.set_tags({"compare.method": kind, "compare.backbone": ",".join(backbones)})
+        for backbone in backbones:
+            spec = {**encoder_spec(params, data.meta), "backbone": backbone, "method": kind}
+            if kind == "random":
+                torch.manual_seed(params.seed)   # the evaluate stage's random encoder
+                encoder = build_encoder(spec).to(device)
+                found = knn_rows(kind, encoder, data.train, data.test, data.fractions, data.meta["num_classes"],
+                                 params.evaluate.knn_k, device, init="scratch")
+                found += fit_rows(params, kind, ["linear"], lambda seed: encoder, data, device, note)
+            else:
+                found = fit_rows(params, kind, ["finetune"], lambda seed: scratch_encoder(spec, seed), data, device,
+                                 note)
+            rows += finish_rows(found, backbone, 0.0)
+    return rows
+
+
+def failure_status(state) -> str:
+    """'failed: <Error>: <first line>' from a failed Prefect task state."""
+    err = state.result(raise_on_failure=False)
+    if isinstance(err, BaseException):
+        text = f"{type(err).__name__}: {(str(err).strip().splitlines() or [''])[0]}"
+    else:
+        text = state.message or state.name
+    return f"failed: {text[:300]}"
