@@ -30,6 +30,30 @@ METHOD_PARAMS = {"simclr": {"hidden_dim": 32, "projection_dim": 16},
                  "moco": {"version": "v2", "queue_size": 24, "hidden_dim": 32, "projection_dim": 16, "bn_splits": 2}}
 
 
+_MLFLOW_TEMPLATE: Path | None = None
+
+
+def fresh_mlflow_db(path: Path) -> str:
+    """An empty, migrated MLflow SQLite store at `path`; returns its URI. Tests import this: the
+    schema migrations (seconds) run once per process and every store after that is a file copy."""
+    global _MLFLOW_TEMPLATE
+    if _MLFLOW_TEMPLATE is None or not _MLFLOW_TEMPLATE.exists():
+        import atexit
+        import shutil
+        import tempfile
+
+        from mlflow.tracking import MlflowClient
+
+        folder = Path(tempfile.mkdtemp(prefix="ssl-mlflow-template-"))
+        atexit.register(shutil.rmtree, folder, True)
+        MlflowClient(f"sqlite:///{folder / 'mlflow.db'}").search_experiments()   # creates the schema
+        _MLFLOW_TEMPLATE = folder / "mlflow.db"
+    import shutil
+
+    shutil.copy(_MLFLOW_TEMPLATE, path)
+    return f"sqlite:///{path}"
+
+
 def tiny_data(seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
     """uint8 images [N, 3, S, S] with a class-dependent brightness pattern, and their labels."""
     gen = torch.Generator().manual_seed(seed)
