@@ -112,6 +112,9 @@ def run(params: Params, root: Path = Path(".")) -> dict:
     if distributed and p.sync_batchnorm and device.type != "cuda":
         raise StageError("pretrain.sync_batchnorm needs CUDA (torch's SyncBatchNorm has no CPU version); "
                          "set it to false or train on GPUs")
+    if distributed and device.type == "cuda" and p.nproc_per_node > torch.cuda.device_count():
+        raise StageError(f"pretrain.nproc_per_node is {p.nproc_per_node} but this machine has "
+                         f"{torch.cuda.device_count()} GPU(s); use one process per GPU")
     meta = load_meta(root / d.prepared_dir)
     checkpointer = Checkpointer(root / CHECKPOINT_DIR, checkpoint_fingerprint(params, root, meta),
                                 every_steps=p.checkpoint_every)

@@ -125,8 +125,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--handoff", type=Path, required=True, help="folder with params.json; result.pt goes here")
     args = parser.parse_args(argv)
     params = Params.model_validate_json((args.handoff / PARAMS_FILE).read_text())
-    if "OMP_NUM_THREADS" in os.environ:
-        torch.set_num_threads(max(int(os.environ["OMP_NUM_THREADS"]), 1))
+    from ssl_core.stages.common import setup_torch
+
+    setup_torch(params.pretrain.device)   # cuDNN autotune / TF32 as in a one-process run
     device = dist_utils.init_from_env(params.pretrain.device)
     if dist_utils.rank() == 0:   # rank 0's progress lines; the stage streams them into its own log
         _plain_logging()
