@@ -26,6 +26,7 @@ import collections
 import json
 import os
 import re
+import shlex
 import shutil
 import signal
 import subprocess
@@ -116,6 +117,8 @@ def run_torchrun(target: str, args: Sequence[str], spec: LaunchSpec, *, module: 
     log_dir = tempfile.mkdtemp(prefix="ssl-torchrun-")
     cmd = torchrun_command(target, args, spec, log_dir, module=module)
     tail: collections.deque[str] = collections.deque(maxlen=40)
+    if on_line:   # the line other nodes of a multi-node job run too
+        on_line("launching: " + " ".join(shlex.quote(part) for part in cmd))
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, errors="replace",
                             env=env, cwd=cwd, start_new_session=True)
 

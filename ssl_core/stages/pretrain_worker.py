@@ -123,10 +123,10 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description="one rank of distributed pretraining (started by torchrun)")
     parser.add_argument("--root", type=Path, required=True, help="workspace root")
     parser.add_argument("--handoff", type=Path, required=True, help="folder with params.json; result.pt goes here")
-    args = parser.parse_args(argv)
-    params = Params.model_validate_json((args.handoff / PARAMS_FILE).read_text())
     from ssl_core.stages.common import setup_torch
 
+    args = parser.parse_args(argv)
+    params = Params.model_validate_json((args.handoff / PARAMS_FILE).read_text())
     setup_torch(params.pretrain.device)   # cuDNN autotune / TF32 as in a one-process run
     device = dist_utils.init_from_env(params.pretrain.device)
     if dist_utils.rank() == 0:   # rank 0's progress lines; the stage streams them into its own log
