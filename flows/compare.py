@@ -50,8 +50,9 @@ def publish_report(params: Params, rows: list[dict], order: list[str], out_dir: 
     result = report.write(rows, order, out_dir, title)
     report.log_to_run(parent_run_id, result)
     create_markdown_artifact(markdown=result["markdown"], key=ARTIFACT_KEY, description="Method comparison")
-    table = result["table"].astype(object).where(result["table"].notna(), None)
-    create_table_artifact(table=table.round(4).to_dict(orient="records"), key=f"{ARTIFACT_KEY}-table",
+    table = result["table"].round(4)
+    table = table.astype(object).where(table.notna(), None)   # JSON null, not NaN, on status rows
+    create_table_artifact(table=table.to_dict(orient="records"), key=f"{ARTIFACT_KEY}-table",
                           description="Test accuracy per method, protocol, label fraction and seed")
     return result
 
