@@ -106,7 +106,9 @@ def cmd_methods(args) -> int:
     for name in method_names():
         cls = get_method_class(name)
         knobs = ", ".join(f"{f.name}={f.default!r}" for f in dataclasses.fields(cls.Params))
-        print(f"{name:14s} {(cls.__doc__ or '').strip().splitlines()[0]}\n{'':14s} method_params: {knobs or '-'}")
+        doc = (cls.__doc__ or sys.modules[cls.__module__].__doc__ or "").strip()
+        summary = doc.splitlines()[0] if doc else ""
+        print(f"{name:14s} {summary}\n{'':14s} method_params: {knobs or '-'}")
     return 0
 
 
