@@ -280,6 +280,17 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]
     return raw
 
 
+def _section_keys(loc: tuple) -> list[str]:
+    """The keys of the params section at `loc` (e.g. ("pretrain",) -> epochs, lr, ...)."""
+    model: type[BaseModel] = Params
+    for part in loc:
+        field = model.model_fields.get(str(part))
+        if field is None or not (isinstance(field.annotation, type) and issubclass(field.annotation, BaseModel)):
+            return []
+        model = field.annotation
+    return list(model.model_fields)
+
+
 def _format_error(err: ValidationError) -> str:
     first = err.errors()[0]
     key = ".".join(str(p) for p in first["loc"])
@@ -287,7 +298,7 @@ def _format_error(err: ValidationError) -> str:
     if first["type"] == "missing":
         msg = "missing required key"
     elif first["type"] == "extra_forbidden":
-        msg = "unknown key (typo?)"
+        msg = f"unknown key (typo?); allowed: {', '.join(_section_keys(first['loc'][:-1]))}"
     elif "literal" in first["type"]:
         msg = f"{msg} (got {first.get('input')!r})"
     msg = msg.removeprefix("Value error, ")
