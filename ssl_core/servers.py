@@ -197,6 +197,8 @@ def _die_with_parent() -> None:
 def _spawn(name: str, cmd: list[str], env: dict[str, str], cwd: Path, log_path: Path, url: str,
            health_url: str, ready_status: tuple[int, ...] = (200,)) -> Server:
     log_path.parent.mkdir(parents=True, exist_ok=True)
+    # Servers start helpers by name (`mlflow models serve` runs `uvicorn`): ours come first on PATH.
+    env = {**env, "PATH": os.pathsep.join([str(Path(cmd[0]).parent), env.get("PATH", "")])}
     log_file = open(log_path, "w")
     proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdin=subprocess.DEVNULL, stdout=log_file,
                             stderr=subprocess.STDOUT, preexec_fn=_die_with_parent)
