@@ -20,6 +20,11 @@ from mlflow.tracking import MlflowClient
 
 from ssl_core.config import Params
 
+# Loading a logged model must never unpickle code. With this MLflow refuses pickle-format PyTorch
+# models and checks that pt2 archives (what model_logging.py logs) hold no pickled objects; it is
+# read at load time, so every loader that imports this module (predict, retrain, registry) is covered.
+os.environ.setdefault("MLFLOW_ALLOW_PICKLE_DESERIALIZATION", "false")
+
 DEFAULT_URI = "sqlite:///mlflow.db"
 PARENT_ENV = "SSL_PIPELINE_PARENT_RUN_ID"
 FLOW_RUN_ENV = "SSL_PIPELINE_FLOW_RUN_ID"
