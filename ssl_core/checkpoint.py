@@ -165,8 +165,9 @@ class Checkpointer:
         return self.every_steps > 0 and state.step_in_epoch > 0 and state.global_step % self.every_steps == 0
 
     def save(self, method, optimizer, scheduler, state: TrainState) -> None:
-        bad = [name for name, t in method.state_dict().items()
-               if t.is_floating_point() and not torch.isfinite(t).all()]
+        floats = [(name, t) for name, t in method.state_dict().items() if t.is_floating_point()]
+        finite = torch.stack([torch.isfinite(t).all() for _, t in floats]).tolist() if floats else []   # one sync
+        bad = [name for (name, _), ok in zip(floats, finite) if not ok]
         if bad:
             raise NonFiniteLoss(f"weights became NaN/Inf by step {state.global_step} ({bad[0]}, ...); "
                                 "training stopped and the last good checkpoint is kept")
