@@ -34,7 +34,6 @@ import socket
 import subprocess
 import sys
 import time
-import urllib.error
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -58,7 +57,6 @@ class Server:
     health_url: str
     proc: subprocess.Popen
     log_path: Path
-    ready_status: tuple[int, ...] = (200,)
     _log_file: object = field(default=None, repr=False)
 
     @property
@@ -78,10 +76,8 @@ class Server:
     def answers(self) -> bool:
         try:
             with urllib.request.urlopen(self.health_url, timeout=2) as resp:
-                return resp.status in self.ready_status
-        except urllib.error.HTTPError as err:
-            return err.code in self.ready_status
-        except (OSError, ValueError):
+                return resp.status == 200
+        except (OSError, ValueError):   # refused, reset, timed out, HTTP errors (urllib's are OSErrors)
             return False
 
     def wait_ready(self, timeout: float = 120.0) -> None:
@@ -195,14 +191,14 @@ def _die_with_parent() -> None:
 
 
 def _spawn(name: str, cmd: list[str], env: dict[str, str], cwd: Path, log_path: Path, url: str,
-           health_url: str, ready_status: tuple[int, ...] = (200,)) -> Server:
+           health_url: str) -> Server:
     log_path.parent.mkdir(parents=True, exist_ok=True)
     # Servers start helpers by name (`mlflow models serve` runs `uvicorn`): ours come first on PATH.
     env = {**env, "PATH": os.pathsep.join([str(Path(cmd[0]).parent), env.get("PATH", "")])}
     log_file = open(log_path, "w")
     proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdin=subprocess.DEVNULL, stdout=log_file,
                             stderr=subprocess.STDOUT, preexec_fn=_die_with_parent)
-    return Server(name, url, health_url, proc, log_path, ready_status, log_file)
+    return Server(name, url, health_url, proc, log_path, log_file)
 
 
 def auth_credentials(env: dict[str, str] | None = None) -> tuple[str, str]:
@@ -243,7 +239,6 @@ def start_mlflow(root: Path = Path("."), port: int = 0, host: str = HOST, auth: 
     cmd = [_tool("mlflow"), "server", "--host", host, "--port", str(port), "--workers", str(workers),
            "--backend-store-uri", backend_uri or f"sqlite:///{root / 'mlflow.db'}",
            "--serve-artifacts", "--artifacts-destination", str(root / "mlartifacts")]
-    ready = (200,)
     if auth:
         user, password = auth_credentials(base)
         cmd += ["--app-name", "basic-auth"]
@@ -253,7 +248,7 @@ def start_mlflow(root: Path = Path("."), port: int = 0, host: str = HOST, auth: 
         child.setdefault("MLFLOW_FLASK_SERVER_SECRET_KEY", secrets.token_hex(32))
         child.pop(PASSWORD_ENV, None)
     url = f"http://{host}:{port}"
-    return _spawn("MLflow", cmd, child, root, state_dir / "mlflow-server.log", url, f"{url}/health", ready)
+    return _spawn("MLflow", cmd, child, root, state_dir / "mlflow-server.log", url, f"{url}/health")
 
 
 def start_prefect(root: Path = Path("."), port: int = 0, host: str = HOST, services: bool = True,

@@ -84,4 +84,4 @@ def _announce(started, auth: bool) -> None:
               flush=True)
     if len(started) > 1:
         print(f"         export PREFECT_API_URL={started[1].url}/api", flush=True)
-    print("Ctrl-C stops both.", flush=True)
+    print("Ctrl-C stops " + ("both." if len(started) > 1 else "the server."), flush=True)
