@@ -277,6 +277,8 @@ def start_model_server(model_uri: str, root: Path = Path("."), port: int = 0, ho
     port = check_port(host, port, "model")
     child = dict(os.environ if env is None else env)
     child.pop(PASSWORD_ENV, None)
+    # The pipeline logs torch.export programs: serving them never needs to unpickle anything.
+    child.setdefault("MLFLOW_ALLOW_PICKLE_DESERIALIZATION", "false")
     cmd = [_tool("mlflow"), "models", "serve", "-m", model_uri, "--env-manager", "local",
            "-h", host, "-p", str(port), "-w", "1"]
     url = f"http://{host}:{port}"

@@ -42,6 +42,9 @@ def run_ui(args) -> int:
     root = Path(".").resolve()
     if args.auth:
         servers.auth_credentials()      # fail before starting anything when the password is missing
+    if args.host not in ("127.0.0.1", "localhost", "::1"):
+        print(f"warning: binding to {args.host} makes the servers reachable from other machines"
+              + ("" if args.auth else "; the Prefect API has no auth and MLflow has none without --auth"), flush=True)
     started: list[servers.Server] = []
     previous = {sig: signal.signal(sig, _raise_stop) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
