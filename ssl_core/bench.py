@@ -122,13 +122,19 @@ def _peak_memory_mb(device: torch.device) -> float:
     return rss / (2**20 if sys.platform == "darwin" else 2**10)
 
 
-def _timed(step: Callable[[], None], steps: int, device: torch.device) -> float:
+def _cpu_seconds(children: bool = False) -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN if children else resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+def _timed(step: Callable[[], None], steps: int, device: torch.device) -> tuple[float, float]:
+    """(wall seconds, this process's CPU seconds) for `steps` steps."""
     _sync(device)
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), _cpu_seconds()
     for _ in range(steps):
         step()
     _sync(device)
-    return time.perf_counter() - start
+    return time.perf_counter() - start, _cpu_seconds() - cpu
 
 
 def run(args: argparse.Namespace) -> dict:
@@ -178,12 +184,15 @@ def run(args: argparse.Namespace) -> dict:
     if cuda:
         torch.cuda.reset_peak_memory_stats(device)
     seconds = {"full": 0.0, "model_only": 0.0, "baseline": 0.0}
+    cpu = dict(seconds)
     for _ in range(args.warmup_steps):
         model_only_step()
         full_step()
     for _ in range(args.rounds):
-        seconds["model_only"] += _timed(model_only_step, args.steps, device)
-        seconds["full"] += _timed(full_step, args.steps, device)
+        for phase, step in (("model_only", model_only_step), ("full", full_step)):
+            wall, used = _timed(step, args.steps, device)
+            seconds[phase] += wall
+            cpu[phase] += used
     peak = {"full_and_model_only": _peak_memory_mb(device)}
 
     # (c): one torchvision Compose per recorded view, same recipe and size
@@ -196,6 +205,7 @@ def run(args: argparse.Namespace) -> dict:
                         sampler=RandomSampler(range(len(cache)), replacement=True, num_samples=(warmup + timed_steps) * b,
                                               generator=torch.Generator().manual_seed(args.seed)),
                         persistent_workers=workers > 0, pin_memory=cuda)
+    children_cpu = _cpu_seconds(children=True)
     batches = iter(loader)
 
     def baseline_step() -> None:
@@ -206,9 +216,12 @@ def run(args: argparse.Namespace) -> dict:
         torch.cuda.reset_peak_memory_stats(device)
     for _ in range(warmup):
         baseline_step()
-    seconds["baseline"] = _timed(baseline_step, timed_steps, device)
+    seconds["baseline"], cpu["baseline"] = _timed(baseline_step, timed_steps, device)
     peak["baseline"] = _peak_memory_mb(device)
-    del batches, loader   # stops the worker processes
+    del batches, loader   # stops (and joins) the worker processes: their CPU time becomes readable
+    # workers made exactly warmup + timed_steps batches; charge each timed step its share
+    workers_cpu = (_cpu_seconds(children=True) - children_cpu) * timed_steps / (warmup + timed_steps)
+    cpu["baseline"] += workers_cpu
 
     samples = {phase: timed_steps * b / sec for phase, sec in seconds.items()}
     return {
@@ -220,6 +233,10 @@ def run(args: argparse.Namespace) -> dict:
         "full_step_ms": 1000 * seconds["full"] / timed_steps,
         "model_only_step_ms": 1000 * seconds["model_only"] / timed_steps,
         "baseline_step_ms": 1000 * seconds["baseline"] / timed_steps,
+        # CPU time (all processes) per step: the work each recipe costs, much less sensitive than
+        # wall time to other processes competing for the same cores
+        "cpu_ms_per_step": {phase: 1000 * sec / timed_steps for phase, sec in cpu.items()},
+        "baseline_workers_cpu_ms_per_step": 1000 * workers_cpu / timed_steps,
         "peak_memory_mb": max(peak.values()),
         "peak_memory_mb_by_phase": peak,
         "peak_memory_kind": "cuda max_memory_allocated" if cuda else "process max RSS (ru_maxrss)",

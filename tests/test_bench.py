@@ -11,7 +11,7 @@ from ssl_core import bench
 from ssl_core.augment import AugmentConfig
 
 TINY = ["--backbone", "resnet_narrow", "--width", "4", "--image-size", "16", "--batch-size", "8",
-        "--steps", "2", "--warmup-steps", "1", "--rounds", "1", "--baseline-workers", "0", "--device", "cpu"]
+        "--steps", "2", "--warmup-steps", "1", "--rounds", "1", "--device", "cpu"]
 
 
 def parse(argv: list[str]) -> argparse.Namespace:
@@ -22,11 +22,14 @@ def parse(argv: list[str]) -> argparse.Namespace:
 
 @pytest.mark.parametrize("channels", ["3", "1"])
 def test_run_reports_every_figure(channels):
-    result = bench.run(parse(TINY + ["--channels", channels]))
+    result = bench.run(parse(TINY + ["--channels", channels, "--baseline-workers", "0"]))
     for key in ("full_samples_per_s", "model_only_samples_per_s", "baseline_samples_per_s",
                 "full_over_model_only", "full_over_baseline", "peak_memory_mb",
                 "full_step_ms", "model_only_step_ms", "baseline_step_ms"):
         assert result[key] > 0, key
+    assert set(result["cpu_ms_per_step"]) == {"full", "model_only", "baseline"}
+    assert all(v > 0 for v in result["cpu_ms_per_step"].values())
+    assert result["baseline_workers_cpu_ms_per_step"] == 0   # no worker processes with --baseline-workers 0
     assert result["device"] == "cpu" and result["threads"] >= 1 and result["torch"] == torch.__version__
     assert result["full_over_model_only"] == pytest.approx(result["full_samples_per_s"] / result["model_only_samples_per_s"])
     cfg = result["config"]
@@ -36,12 +39,14 @@ def test_run_reports_every_figure(channels):
     json.dumps(result)   # plain JSON types only
 
 
-def test_main_prints_and_writes_json(tmp_path, capsys):
+def test_main_prints_and_writes_json_and_counts_worker_cpu(tmp_path, capsys):
     out = tmp_path / "bench.json"
-    result = bench.main(TINY + ["--no-small-stem", "--output", str(out)])
+    result = bench.main(TINY + ["--baseline-workers", "1", "--no-small-stem", "--output", str(out)])
     printed = json.loads(capsys.readouterr().out)
     assert printed == json.loads(out.read_text())
-    assert printed["config"]["small_stem"] is False and printed["baseline_samples_per_s"] == result["baseline_samples_per_s"]
+    assert printed["config"]["small_stem"] is False and printed["config"]["baseline_workers"] == 1
+    assert printed["baseline_samples_per_s"] == result["baseline_samples_per_s"]
+    assert result["baseline_workers_cpu_ms_per_step"] > 0
 
 
 @pytest.mark.parametrize("channels", [1, 3])
