@@ -71,7 +71,9 @@ def setup(experiment: str, root: Path = Path(".")) -> str:
             location = None
             if not uri.startswith("http"):   # a server chooses its own (served) artifact store
                 location = (Path(root).resolve() / "mlartifacts").as_uri()
-            exp_id = mlflow.create_experiment(experiment, artifact_location=location)
+            # "custom_model_development": the UI opens on training runs, not the GenAI views
+            exp_id = mlflow.create_experiment(experiment, artifact_location=location,
+                                              tags={"mlflow.experimentKind": "custom_model_development"})
         else:
             exp_id = exp.experiment_id
         mlflow.set_experiment(experiment_id=exp_id)

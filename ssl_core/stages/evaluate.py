@@ -132,7 +132,7 @@ def run(params: Params, root: Path = Path(".")) -> dict:
         metrics.update(best_classifier_test_accuracy=round(float(best.test_accuracy), 4),
                        best_classifier_protocol=best.protocol)
         example = test.images[:2].float() / 255
-        model_uri = log_torch_model(model, example, name="classifier")
+        model_uri = log_torch_model(model, example, name="classifier", metadata={"classes": meta["classes"]})
         run_id = tracking.mlflow.active_run().info.run_id
         write_json(root / CLASSIFIER_JSON, {**spec, "num_classes": meta["num_classes"], "classes": meta["classes"],
                                              "protocol": best.protocol, "label_fraction": float(best.label_fraction),
