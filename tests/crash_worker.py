@@ -72,7 +72,8 @@ def build(method_name: str, seed: int = 0):
     return get_method_class(method_name).build(backbone, METHOD_PARAMS[method_name], {}, (3, SIZE, SIZE))
 
 
-def run_core(args: argparse.Namespace) -> int:
+def train_core(method_name: str, ckpt_dir: Path, out: Path, every: int = 2, delay: float = 0.0) -> list[dict]:
+    """Tiny pretraining through the real loop, Checkpointer and kNN monitor; final state -> `out`."""
     from ssl_core.checkpoint import Checkpointer
     from ssl_core.data.cache import Split, atomic_torch_save
     from ssl_core.evaluation import knn_accuracy
@@ -80,16 +81,16 @@ def run_core(args: argparse.Namespace) -> int:
 
     images, labels = tiny_data()
     labeled = Split(images, labels)
-    method = build(args.method)
+    method = build(method_name)
     cfg = TrainConfig(epochs=EPOCHS, batch_size=BATCH, optimizer="adamw", lr=3e-3, weight_decay=1e-4,
                       warmup_epochs=1, seed=0, log_every=1)
-    ckpt = Checkpointer(Path(args.ckpt_dir), fingerprint=f"crash-worker-{args.method}", every_steps=args.every)
+    ckpt = Checkpointer(Path(ckpt_dir), fingerprint=f"crash-worker-{method_name}", every_steps=every)
     info = ckpt.resume_info()
     print(f"resume {info['global_step'] if info else 0}", flush=True)
 
     def on_step(state, loss: float) -> None:
         print(f"step {state.global_step}", flush=True)
-        time.sleep(args.delay)
+        time.sleep(delay)
 
     def on_epoch_end(epoch: int, metrics: dict) -> None:
         # The stage's monitor: eval-mode features must not disturb BatchNorm statistics or any RNG.
@@ -97,9 +98,9 @@ def run_core(args: argparse.Namespace) -> int:
         method.train()
 
     history = pretrain(method, images, cfg, on_epoch_end=on_epoch_end, on_step=on_step, checkpointer=ckpt)
-    atomic_torch_save({"method": method.state_dict(), "history": history}, Path(args.out))
+    atomic_torch_save({"method": method.state_dict(), "history": history}, Path(out))
     print("done", flush=True)
-    return 0
+    return history
 
 
 def run_stage(args: argparse.Namespace) -> int:
@@ -144,7 +145,8 @@ def main() -> int:
     stage.add_argument("cli_args", nargs=argparse.REMAINDER)
     args = parser.parse_args()
     if args.mode == "core":
-        return run_core(args)
+        train_core(args.method, Path(args.ckpt_dir), Path(args.out), args.every, args.delay)
+        return 0
     args.cli_args = [a for a in args.cli_args if a != "--"]
     return run_stage(args)
 

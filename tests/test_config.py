@@ -113,7 +113,6 @@ def test_config_check_rejects_a_bad_override_in_one_line(tmp_path):
     done = cli(tmp_path, "config", "--check", "--set", "pretrain.optimizer=adam")
     assert_one_clear_error(done, "pretrain.optimizer", "'sgd', 'adamw' or 'lars'")
     assert "OK" not in done.stdout
-    assert cli(tmp_path, "config", "--check").returncode == 0
 
 
 @pytest.fixture(scope="module")

@@ -6,6 +6,7 @@ from __future__ import annotations
 import http.server
 import logging
 import os
+import random
 import shutil
 import signal
 import socket
@@ -27,8 +28,10 @@ from workspace import make_pipeline_workspace
 
 pytestmark = pytest.mark.slow
 WORKER = Path(__file__).with_name("crash_worker.py")
-PARAMS = {"pretrain.batch_size": 8, "pretrain.epochs": 2, "pretrain.device": "cpu", "pretrain.checkpoint_every": 1,
-          "pretrain.log_every": 1, "pretrain.method_params": {"hidden_dim": 32, "projection_dim": 16}}
+# MoCo v2: its queue and momentum encoder must survive a crash too.
+PARAMS = {"pretrain.method": "moco", "pretrain.batch_size": 8, "pretrain.epochs": 2, "pretrain.device": "cpu",
+          "pretrain.checkpoint_every": 1, "pretrain.log_every": 1, "pretrain.warmup_epochs": 1,
+          "pretrain.method_params": {"queue_size": 32, "hidden_dim": 32, "projection_dim": 16, "bn_splits": 2}}
 TOTAL_STEPS = 18   # 72 unlabeled images / batch 8 = 9 steps per epoch, 2 epochs
 CHECKPOINT = Path("checkpoints/pretrain/last.pt")
 
@@ -206,24 +209,40 @@ def test_rerun_after_the_server_returns_resumes_instead_of_retraining(died):
     assert len(client.get_metric_history(second.info.run_id, "loss")) == 2   # the whole curve, re-logged
 
 
-def kill_stage_at_first_checkpoint(root: Path, outcome: dict, stop: threading.Event) -> None:
-    """Watch for the stage's first checkpoint, then SIGKILL the stage process (a crashed attempt)."""
+def kill_stage_at(root: Path, kill_at: int, outcome: dict, stop: threading.Event) -> None:
+    """Once the stage's checkpoint reaches step `kill_at`, SIGKILL the stage process (a crashed attempt)."""
+    last, seen = root / CHECKPOINT, None
     while not stop.is_set():
-        if (root / CHECKPOINT).exists():
+        try:
+            mtime = last.stat().st_mtime_ns
+        except FileNotFoundError:
+            mtime = None
+        if mtime != seen and mtime is not None and step(last) >= kill_at:
             for proc in psutil.process_iter(["cmdline", "cwd"]):
                 cmd = proc.info["cmdline"] or []
                 if proc.info["cwd"] == str(root) and cmd[-3:] == ["-m", "ssl_core", "pretrain"]:
                     os.kill(proc.pid, signal.SIGKILL)
-                    outcome["killed_at"] = step(root / CHECKPOINT)
+                    outcome["killed_at"] = step(last)
                     return
-        time.sleep(0.02)
+        seen = mtime
+        time.sleep(0.01)
 
 
-def test_prefect_task_retry_resumes_a_killed_stage(died, tmp_path, prefect_harness, monkeypatch):
+def test_prefect_retry_resumes_a_killed_stage_bitwise_equal(died, tmp_path, prefect_harness, monkeypatch):
+    """The pipeline's stage task (dvc repro -> `python -m ssl_core pretrain`) is SIGKILLed mid-run;
+    the Prefect retry resumes it; the encoder equals an uninterrupted stage's, bit for bit."""
+    import pandas as pd
     from mlflow.tracking import MlflowClient
     from prefect import flow
 
     from flows.pipeline import run_stage
+    from ssl_core.stages import pretrain
+
+    reference_root = copy_workspace(died["root"], tmp_path / "reference")
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", cw.fresh_mlflow_db(tmp_path / "reference.db"))
+    with monkeypatch.context() as patch:   # uninterrupted, in this process (its model export skipped)
+        patch.setattr(pretrain, "log_encoder_model", lambda backbone, spec: "models:/not-logged")
+        pretrain.run(load_params(reference_root / "params.yaml"), reference_root)
 
     root = copy_workspace(died["root"], tmp_path / "ws")
     uri = cw.fresh_mlflow_db(tmp_path / "mlflow.db")
@@ -235,18 +254,25 @@ def test_prefect_task_retry_resumes_a_killed_stage(died, tmp_path, prefect_harne
 
     outcome: dict = {}
     stop = threading.Event()
-    killer = threading.Thread(target=kill_stage_at_first_checkpoint, args=(root, outcome, stop), daemon=True)
+    kill_at = random.randint(1, 4)   # early: nothing slows this stage down, it must not finish first
+    killer = threading.Thread(target=kill_stage_at, args=(root, kill_at, outcome, stop), daemon=True)
     killer.start()
     try:
         assert retry_pretrain(root) is True
     finally:
         stop.set()
         killer.join()
-    assert 0 < outcome["killed_at"] < TOTAL_STEPS
+    assert 0 < outcome.get("killed_at", 0) < TOTAL_STEPS, "the stage finished before it could be killed"
+
+    for name, tensor in torch.load(reference_root / "models/encoder.pt", weights_only=True).items():
+        assert torch.equal(tensor, torch.load(root / "models/encoder.pt", weights_only=True)[name]), name
+    pd.testing.assert_frame_equal(pd.read_csv(root / "plots/pretrain.csv"), pd.read_csv(reference_root / "plots/pretrain.csv"))
+    assert not (root / CHECKPOINT).exists()
     client = MlflowClient(uri)
     exp = client.get_experiment_by_name("ssl-pipeline")
     first, second = client.search_runs([exp.experiment_id], "attributes.run_name = 'pretrain'",
                                        order_by=["attributes.start_time ASC"])
-    assert first.info.status == "KILLED" and second.info.status == "FINISHED"
+    assert first.info.status == "KILLED" and first.data.tags["resumed_by_run_id"] == second.info.run_id
+    assert second.info.status == "FINISHED"
     assert second.data.tags["resumed_from_step"] == str(outcome["killed_at"])
-    assert (root / "models/encoder.pt").exists() and not (root / CHECKPOINT).exists()
+    assert second.data.tags["resumed_from_run_id"] == first.info.run_id
