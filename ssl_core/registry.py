@@ -75,3 +75,21 @@ def register_pipeline_models(params: Params, root: Path = Path(".")) -> dict:
         client.set_registered_model_alias(params.tracking.encoder_name, CHAMPION, enc.version)
     return {"classifier_version": int(clf.version), "classifier_new": clf_new, "encoder_version": int(enc.version),
             "encoder_new": enc_new, "champion_set": promoted}
+
+
+def version_by_alias(name: str, alias: str):
+    """The model version that holds `alias` (with its tags), or None when no version does."""
+    try:
+        return tracking.client().get_model_version_by_alias(name, alias)
+    except MlflowException:
+        return None
+
+
+def set_alias(name: str, alias: str, version: int | str) -> None:
+    tracking.client().set_registered_model_alias(name, alias, str(version))
+
+
+def tag_version(name: str, version: int | str, tags: dict[str, str]) -> None:
+    client = tracking.client()
+    for key, value in tags.items():
+        client.set_model_version_tag(name, str(version), key, str(value))

@@ -1,0 +1,149 @@
+"""Scheduled retraining as a Prefect flow: refresh data -> (nothing changed? stop) -> pipeline ->
+challenger vs champion on the same test split -> promote only by a margin. Logic: ssl_core/retrain.py.
+
+Deploy it with `ssl-pipeline serve` (this process runs the schedule) or `prefect deploy` (prefect.yaml,
+a work pool runs it). Two retrains never overlap on a workspace: an fcntl lock on the workspace plus the
+Prefect tag concurrency limit params.retrain.concurrency_tag (limit 1), held for the whole run.
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+from pathlib import Path
+from typing import Iterator
+
+from prefect import flow, get_run_logger, task
+from prefect.artifacts import create_markdown_artifact
+from prefect.runtime import flow_run
+
+from flows.pipeline import pipeline
+from ssl_core import registry, retrain as logic, tracking
+from ssl_core.config import Params, load_params
+from ssl_core.runner import overridden_params
+
+ARTIFACT_KEY = "retrain-decision"
+MIN_SLOT_WAIT_S = 5.0   # the workspace lock is ours by then: a slot still held means another workspace
+
+
+def ensure_concurrency_limit(tag: str, limit: int = 1) -> None:
+    """Create (or reset to `limit`) the Prefect tag concurrency limit on `tag`; idempotent (upsert)."""
+    from prefect.client.orchestration import get_client
+
+    with get_client(sync_client=True) as client:
+        client.create_concurrency_limit(tag=tag, concurrency_limit=limit)
+
+
+@contextlib.contextmanager
+def prefect_slot(tag: str, wait: float | None) -> Iterator[None]:
+    """Hold the tag limit's slot for the whole retrain. Prefect keeps a tag limit as the global limit
+    `tag:<tag>`; taking it here, not on each task, makes the whole run the unit (and no task of this
+    flow carries the tag, so none waits on its own flow's slot)."""
+    from prefect.concurrency.asyncio import AcquireConcurrencySlotTimeoutError
+    from prefect.concurrency.sync import concurrency
+
+    ensure_concurrency_limit(tag)
+    timeout = None if wait is None else max(wait, MIN_SLOT_WAIT_S)
+    with contextlib.ExitStack() as stack:
+        try:   # only the acquisition: a TimeoutError from the retrain itself must stay what it is
+            stack.enter_context(concurrency(f"tag:{tag}", occupy=1, timeout_seconds=timeout, lease_duration=300))
+        except AcquireConcurrencySlotTimeoutError as err:
+            raise logic.RetrainBusy(f"another retrain holds the Prefect concurrency slot {tag!r} (limit 1); "
+                                    "not starting a second one") from err
+        yield
+
+
+@task(name="refresh-data")
+def refresh_data(params: Params, root: Path) -> dict:
+    logger = get_run_logger()
+    actions = logic.refresh_data(root, params.data.raw_dir, note=logger.info)
+    return {**actions, "md5s": registry.data_tags(root)}
+
+
+@task(name="champion-vs-challenger")
+def champion_vs_challenger(params: Params, root: Path, registered: dict, champion_before: dict | None,
+                           state: dict[str, str]) -> logic.Outcome:
+    out = logic.compare(params, root, registered, champion_before, state)
+    get_run_logger().info("champion v%s: %s, challenger v%s: %s -> %s", out.champion_version,
+                          out.champion_accuracy, out.challenger_version, out.challenger_accuracy, out.decision)
+    return out
+
+
+@task(name="record-decision")
+def record_decision(params: Params, root: Path, out: logic.Outcome) -> tuple[str, str]:
+    """MLflow retrain run, tags on both model versions, Prefect artifact; returns (markdown, run id)."""
+    text = logic.markdown(out)
+    out.retrain_run_id = logic.log_run(params, root, out, text, str(flow_run.get_id() or ""))
+    logic.record_on_versions(params, out)
+    create_markdown_artifact(markdown=text, key=ARTIFACT_KEY, description=f"Retrain: {out.decision}")
+    return text, out.retrain_run_id
+
+
+@flow(name="retrain", log_prints=True)
+def retrain(root: str = ".", params_file: str = "params.yaml", overrides: list[str] | None = None,
+            wait: float | None = 0.0) -> dict:
+    """Retrain if the data or params changed since the champion was decided; promote by margin.
+
+    overrides: `--set` style KEY=VALUE applied to params.yaml for this run (restored afterwards).
+    wait: seconds to wait for a retrain already running on this workspace (0: fail at once, None: forever).
+    """
+    root_path = Path(root).resolve()
+    path = root_path / params_file
+    params = load_params(path, overrides)   # every params error before any lock or work
+    logger = get_run_logger()
+    with logic.retrain_lock(root_path, wait), prefect_slot(params.retrain.concurrency_tag, wait), \
+            overridden_params(path, overrides or []):
+        if overrides:
+            os.environ[tracking.OVERRIDES_ENV] = json.dumps(overrides)
+        tracking.setup(params.tracking.experiment, root_path)
+        refresh_data(params, root_path)
+        state = logic.current_state(params, root_path)
+        champion = registry.version_by_alias(params.tracking.classifier_name, registry.CHAMPION)
+        if champion is not None and logic.recorded_state(champion.tags) == state:
+            logger.info("nothing changed since champion v%s was decided: not training", champion.version)
+            out = logic.Outcome(decision=logic.NOTHING, margin=params.retrain.margin, state=state,
+                                champion_version=int(champion.version),
+                                champion_data=logic.training_data(champion.tags))
+        else:
+            result = pipeline(root=str(root_path), params_file=params_file)
+            before = None if champion is None else {"version": int(champion.version), "tags": dict(champion.tags)}
+            out = champion_vs_challenger(params, root_path, result["registered"], before, state)
+            out.pipeline_run_id = result["parent_run_id"]
+        text, out.retrain_run_id = record_decision(params, root_path, out)
+    return {**out.as_dict(), "markdown": text}
+
+
+def build_deployment(params: Params, root: Path, params_file: str = "params.yaml", overrides: list[str] | None = None):
+    """The retrain deployment: cron schedule + timezone from params, one run at a time."""
+    from prefect.flows import EntrypointType
+    from prefect.schedules import Cron
+
+    r = params.retrain
+    return retrain.to_deployment(
+        name=r.deployment_name,
+        schedules=[Cron(r.cron, timezone=r.timezone)],
+        parameters={"root": str(Path(root).resolve()), "params_file": params_file, "overrides": overrides or []},
+        tags=[r.concurrency_tag],
+        concurrency_limit=1,   # a late run queues behind the one still running
+        description=f"Scheduled retraining of {Path(root).resolve()}: champion/challenger by margin {r.margin:g}",
+        entrypoint_type=EntrypointType.MODULE_PATH,   # `flows.retrain.retrain`: works from any directory
+    )
+
+
+def apply_deployment(params: Params, root: Path, params_file: str = "params.yaml",
+                     overrides: list[str] | None = None):
+    """Register (create or update) the deployment with the Prefect API without serving it; returns its id."""
+    ensure_concurrency_limit(params.retrain.concurrency_tag)
+    return build_deployment(params, root, params_file, overrides).apply()
+
+
+def serve(params: Params, root: Path, params_file: str = "params.yaml", overrides: list[str] | None = None) -> None:
+    """Register the deployment and run its schedule in this process until Ctrl-C (Prefect's `serve`)."""
+    from prefect import serve as prefect_serve
+
+    ensure_concurrency_limit(params.retrain.concurrency_tag)
+    prefect_serve(build_deployment(params, root, params_file, overrides))
+
+
+if __name__ == "__main__":
+    print(retrain()["markdown"])
