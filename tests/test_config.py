@@ -2,6 +2,7 @@
 (or path) and what is allowed, exit code non-zero, no traceback, nothing written."""
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 import sys
@@ -156,6 +157,12 @@ def test_colour_method_on_grayscale_data_fails_before_training(workspace, tmp_pa
     monkeypatch.setenv("MLFLOW_TRACKING_URI", cw.fresh_mlflow_db(tmp_path / "mlflow.db"))
     prepare.run(load_params(root / "params.yaml"), root)    # grayscale images -> 1 channel
     params = load_params(root / "params.yaml", ["pretrain.method=colorization"])
-    with pytest.raises(StageError, match="'colorization' needs colour .* 1 channel.* pretrain.method"):
+    with pytest.raises(StageError, match=r"pretrain.method: 'colorization' needs colour .* 1 channel\(s\) "
+                                         r"\(data.channels: auto\); pick another pretrain.method"):
         pretrain.run(params, root)
     assert not (root / "checkpoints").exists() and not (root / "models").exists()
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(os.environ["MLFLOW_TRACKING_URI"])
+    exp = client.get_experiment_by_name(params.tracking.experiment)
+    assert [r.info.run_name for r in client.search_runs([exp.experiment_id])] == ["prepare"]   # no pretrain run

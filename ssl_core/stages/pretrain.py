@@ -41,6 +41,15 @@ def build_encoder(spec: dict) -> torch.nn.Module:
                           spec.get("stem_stride", 1))
 
 
+def check_method_fits_data(params: Params, meta: dict) -> None:
+    """What params.yaml alone cannot tell (data.channels: auto): fail before any tracking or training."""
+    method = params.pretrain.method
+    if get_method_class(method).requires_color and meta["channels"] != 3:
+        raise StageError(f"pretrain.method: {method!r} needs colour (3-channel) images but the prepared data has "
+                         f"{meta['channels']} channel(s) (data.channels: {params.data.channels}); "
+                         "pick another pretrain.method or import colour images")
+
+
 def build_method(params: Params, meta: dict, seed: int | None = None):
     torch.manual_seed(params.seed if seed is None else seed)
     spec = encoder_spec(params, meta)
@@ -116,6 +125,7 @@ def run(params: Params, root: Path = Path(".")) -> dict:
         raise StageError(f"pretrain.nproc_per_node is {p.nproc_per_node} but this machine has "
                          f"{torch.cuda.device_count()} GPU(s); use one process per GPU")
     meta = load_meta(root / d.prepared_dir)
+    check_method_fits_data(params, meta)
     checkpointer = Checkpointer(root / CHECKPOINT_DIR, checkpoint_fingerprint(params, root, meta),
                                 every_steps=p.checkpoint_every)
     # Tracking is checked (stage_run -> setup) before any training; the checkpoint is removed only
