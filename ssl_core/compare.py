@@ -24,14 +24,14 @@ from ssl_core import tracking
 from ssl_core.augment import AugmentConfig
 from ssl_core.config import Params, compare_backbone, validate
 from ssl_core.data.cache import Split, load_fractions, load_meta, load_split
-from ssl_core.evaluation import accuracy, knn_accuracy
+from ssl_core.evaluation import accuracy
 from ssl_core.methods import get_method_class
 from ssl_core.progress import log
 from ssl_core.stages.common import dataset_infos, setup_torch
 from ssl_core.stages.evaluate import knn_rows
 from ssl_core.stages.finetune import cell_seed, fit_cell, scratch_encoder
 from ssl_core.stages.pretrain import (build_encoder, build_method, checkpoint_fingerprint, encoder_spec,
-                                      epoch_metrics, train_config)
+                                      epoch_line, epoch_metrics, monitor_knn, train_config)
 from ssl_core.train import pretrain
 
 CHECKPOINT_DIR = Path("checkpoints/compare")
@@ -176,11 +176,8 @@ def pretrain_encoder(mp: Params, ssl: torch.nn.Module, data: Data, device: torch
     checkpointer.metadata = {"run_id": run_id}
 
     def on_epoch_end(epoch: int, metrics: dict) -> None:
-        metrics["knn_accuracy"] = knn_accuracy(ssl.backbone, data.train, data.val, data.meta["num_classes"],
-                                               device, p.knn_k)
-        ssl.train()
-        note(f"compare {p.method}: epoch {epoch}/{p.epochs} loss {metrics['loss']:.4f} "
-             f"knn(val) {metrics['knn_accuracy']:.4f} ({metrics['seconds']:.1f}s)")
+        monitor_knn(p, epoch, metrics, ssl, data.train, data.val, data.meta["num_classes"], device)
+        note(f"compare {p.method}: {epoch_line(p, epoch, metrics)}")
         mlflow.log_metrics(epoch_metrics(metrics), step=epoch)
 
     history = pretrain(ssl, data.unlabeled.images, train_config(mp, len(data.unlabeled), device),

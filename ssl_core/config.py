@@ -71,6 +71,7 @@ class PretrainParams(_Section):
     method_params: dict[str, Any] = Field(default_factory=dict)
     augment: dict[str, Any] = Field(default_factory=dict)
     knn_k: int = Field(20, ge=1)
+    knn_every: int = Field(1, ge=0)  # epochs between kNN monitor runs; 0 = after the last epoch only
     device: Literal["auto", "cpu", "cuda"] = "auto"
     log_every: int = Field(10, ge=1)
     checkpoint_every: int = Field(50, ge=0)

@@ -62,7 +62,8 @@ def training_curves_plot(curve: pd.DataFrame, path: Path, title: str) -> Path:
     ax1.set_xlabel("epoch")
     ax1.set_ylabel("SSL loss", color="tab:blue")
     ax2 = ax1.twinx()
-    ax2.plot(curve["epoch"], curve["knn_accuracy"], "-s", color="tab:orange", label="kNN accuracy (val)")
+    knn = curve.dropna(subset=["knn_accuracy"])   # the monitor may run only every pretrain.knn_every epochs
+    ax2.plot(knn["epoch"], knn["knn_accuracy"], "-s", color="tab:orange", label="kNN accuracy (val)")
     ax2.set_ylabel("kNN accuracy (val)", color="tab:orange")
     ax1.set_title(title)
     ax1.grid(True, alpha=0.3)

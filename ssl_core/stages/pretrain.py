@@ -68,7 +68,7 @@ def checkpoint_fingerprint(params: Params, root: Path, meta: dict) -> str:
     are left out, so e.g. a retry with another checkpoint_every still resumes."""
     from ssl_core.dvcops import dataset_md5s
 
-    train_knobs = params.pretrain.model_dump(mode="json", exclude={"log_every", "checkpoint_every", "knn_k", "device"})
+    train_knobs = params.pretrain.model_dump(mode="json", exclude={"log_every", "checkpoint_every", "knn_k", "knn_every", "device"})
     return json.dumps({"seed": params.seed, "data": params.data.model_dump(mode="json"), "pretrain": train_knobs,
                        "dvc_md5": dataset_md5s(root, params.data.raw_dir), "meta": meta}, sort_keys=True)
 
@@ -98,10 +98,8 @@ def train_encoder(params: Params, root: Path, meta: dict, device: torch.device, 
         train, val = load_split(prepared, "train"), load_split(prepared, "val")
 
         def on_epoch_end(epoch: int, metrics: dict) -> None:
-            metrics["knn_accuracy"] = knn_accuracy(method.backbone, train, val, meta["num_classes"], device, p.knn_k)
-            method.train()
-            log.info("pretrain: epoch %d/%d loss %.4f knn(val) %.4f (%.1fs)", epoch, p.epochs,
-                     metrics["loss"], metrics["knn_accuracy"], metrics["seconds"])
+            monitor_knn(p, epoch, metrics, method, train, val, meta["num_classes"], device)
+            log.info("pretrain: %s", epoch_line(p, epoch, metrics))
             if log_epoch:
                 log_epoch(epoch, metrics)
 
@@ -163,9 +161,26 @@ def run(params: Params, root: Path = Path(".")) -> dict:
     return metrics
 
 
+def monitor_knn(p, epoch: int, metrics: dict, method: torch.nn.Module, train, val, num_classes: int,
+                device: torch.device) -> None:
+    """kNN monitor (labeled train -> val) every pretrain.knn_every epochs and after the last one.
+
+    It is skipped in between because for cheap steps (MAE) it costs more than the epoch itself."""
+    due = epoch == p.epochs or (p.knn_every > 0 and epoch % p.knn_every == 0)
+    metrics["knn_accuracy"] = knn_accuracy(method.backbone, train, val, num_classes, device, p.knn_k) if due else None
+    method.train()
+
+
+def epoch_line(p, epoch: int, metrics: dict) -> str:
+    knn = metrics.get("knn_accuracy")
+    knn_text = f" knn(val) {knn:.4f}" if knn is not None else ""
+    return f"epoch {epoch}/{p.epochs} loss {metrics['loss']:.4f}{knn_text} ({metrics['seconds']:.1f}s)"
+
+
 def epoch_metrics(metrics: dict) -> dict[str, float]:
-    return {"loss": metrics["loss"], "knn_accuracy": metrics["knn_accuracy"], "lr": metrics["lr"],
-            "epoch_seconds": metrics["seconds"]}
+    logged = {"loss": metrics["loss"], "knn_accuracy": metrics.get("knn_accuracy"), "lr": metrics["lr"],
+              "epoch_seconds": metrics["seconds"]}
+    return {k: v for k, v in logged.items() if v is not None}
 
 
 def log_encoder_model(backbone: torch.nn.Module, spec: dict) -> str:
