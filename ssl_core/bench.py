@@ -53,6 +53,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     parser.add_argument("--small-stem", action=argparse.BooleanOptionalAction, default=True,
                         help="3x3 stride-1 ResNet stem for small images (--no-small-stem: ImageNet stem)")
+    parser.add_argument("--stem-stride", type=int, default=1, choices=(1, 2),
+                        help="stride of the small stem (the demo uses 2)")
     parser.add_argument("--width", type=int, default=32, help="base width of resnet_narrow")
     parser.add_argument("--optimizer", default="adamw", choices=("sgd", "adamw", "lars"))
     parser.add_argument("--baseline-workers", type=int, default=2, help="DataLoader workers of (c)")
@@ -145,7 +147,8 @@ def run(args: argparse.Namespace) -> dict:
     c, s, b = args.channels, args.image_size, args.batch_size
     cuda = device.type == "cuda"
     channels_last = args.channels_last == "on" or (args.channels_last == "auto" and cuda)
-    backbone = build_backbone(args.backbone, c, s, small_stem=args.small_stem, width=args.width)
+    backbone = build_backbone(args.backbone, c, s, small_stem=args.small_stem, width=args.width,
+                              stem_stride=args.stem_stride)
     method = get_method_class(args.method).build(backbone, {}, {}, (c, s, s)).to(device)
     if channels_last:
         method = method.to(memory_format=torch.channels_last)
@@ -250,7 +253,8 @@ def run(args: argparse.Namespace) -> dict:
         "channels_last": channels_last,
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "config": {
-            "method": args.method, "backbone": args.backbone, "small_stem": args.small_stem, "width": args.width,
+            "method": args.method, "backbone": args.backbone, "small_stem": args.small_stem,
+            "stem_stride": args.stem_stride, "width": args.width,
             "image_size": s, "channels": c, "batch_size": b, "steps": args.steps, "rounds": args.rounds,
             "timed_steps_per_phase": timed_steps, "warmup_steps": args.warmup_steps,
             "baseline_workers": workers, "optimizer": args.optimizer, "cache_images": len(cache),
@@ -263,7 +267,11 @@ def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(prog="python -m ssl_core.bench", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     add_arguments(parser)
-    args = parser.parse_args(argv)
+    return run_and_report(parser.parse_args(argv))
+
+
+def run_and_report(args: argparse.Namespace) -> dict:
+    """run(), print the JSON and write it to --output (the CLI's `bench` and `python -m ssl_core.bench`)."""
     result = run(args)
     text = json.dumps(result, indent=2)
     print(text)

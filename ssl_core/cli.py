@@ -115,7 +115,7 @@ def cmd_methods(args) -> int:
 def cmd_bench(args) -> int:
     from ssl_core import bench
 
-    print(json.dumps(bench.run(args), indent=2))
+    bench.run_and_report(args)
     return 0
 
 
@@ -170,10 +170,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _add_bench_arguments(parser: argparse.ArgumentParser) -> None:
-    try:
-        from ssl_core import bench
-    except ImportError:   # bench is optional until its module lands
-        return
+    from ssl_core import bench
+
     bench.add_arguments(parser)
 
 

@@ -65,3 +65,16 @@ def test_identity_pil_transform_reproduces_the_cached_image():
     identity = AugmentConfig(crop_scale=(1.0, 1.0), crop_ratio=(1.0, 1.0), hflip_p=0.0, jitter_p=0.0, gray_p=0.0)
     (view,) = bench.PILViewsDataset(cache, [bench.pil_transform(identity, 16, 3)])[0]
     torch.testing.assert_close(view, cache[0].float() / 255, atol=1e-6, rtol=0)
+
+
+def test_cli_bench_writes_output_and_takes_the_demo_stem(tmp_path):
+    """`ssl-pipeline bench --output` (the command users and `make bench` run) writes the same JSON it prints."""
+    import subprocess
+    import sys
+
+    out = tmp_path / "bench.json"
+    proc = subprocess.run([sys.executable, "-m", "ssl_core", "bench", *TINY, "--baseline-workers", "0",
+                           "--stem-stride", "2", "--output", str(out)], capture_output=True, text=True, check=True)
+    written = json.loads(out.read_text())
+    assert json.loads(proc.stdout) == written
+    assert written["config"]["stem_stride"] == 2 and written["full_samples_per_s"] > 0
