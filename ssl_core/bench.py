@@ -6,7 +6,9 @@
                   pre-made float views): the ceiling for (a);
   (c) baseline:   the same train_step fed by the recipe most users start from: a Dataset of PIL
                   images, torchvision transforms (one Compose per view) and DataLoader workers.
-A sample is one image turned into all of its views (two for SimCLR). On CUDA every path runs with
+Also timed: the data path of (a) alone (index, copy, every view), reported as data_path_ms_per_step and
+as full_over_model_only_from_parts = model / (model + data path), the (a)/(b) ratio without the
+phase-to-phase noise of a shared machine. A sample is one image turned into all of its views (two for SimCLR). On CUDA every path runs with
 channels_last, bf16 autocast, pinned memory and non_blocking copies, and synchronises only around
 the timed regions. Run: `python -m ssl_core.bench --help` (the CLI's `bench` command calls run()).
 """
@@ -31,7 +33,7 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset, RandomSampler
 from torchvision import transforms as T
 
-from ssl_core.augment import AugmentConfig, blur_kernel_size, record_views, replay_views
+from ssl_core.augment import AugmentConfig, augment_batch, blur_kernel_size, record_views, replay_views
 from ssl_core.methods import get_method_class, method_names
 from ssl_core.models import build_backbone
 from ssl_core.models.backbones import BACKBONE_NAMES
@@ -198,6 +200,16 @@ def run(args: argparse.Namespace) -> dict:
             cpu[phase] += used
     peak = {"full_and_model_only": _peak_memory_mb(device)}
 
+    def data_path() -> None:   # (a)'s data work alone: index the cache, copy, make every view
+        batch = to_device(cache[torch.randint(len(cache), (b,), generator=sample_gen)])
+        gen = step_generator(args.seed, 0, device)
+        for r in recorded:
+            augment_batch(batch, r.cfg, gen, r.out_size)
+
+    data_reps = max(args.rounds * args.steps, 20)
+    data_path()
+    data_seconds = _timed(data_path, data_reps, device)[0] / data_reps
+
     # (c): one torchvision Compose per recorded view, same recipe and size
     transforms = [pil_transform(r.cfg, r.out_size, c) for r in recorded]
     workers = args.baseline_workers
@@ -227,14 +239,19 @@ def run(args: argparse.Namespace) -> dict:
     cpu["baseline"] += workers_cpu
 
     samples = {phase: timed_steps * b / sec for phase, sec in seconds.items()}
+    model_ms = 1000 * seconds["model_only"] / timed_steps
     return {
         "full_samples_per_s": samples["full"],
         "model_only_samples_per_s": samples["model_only"],
         "baseline_samples_per_s": samples["baseline"],
         "full_over_model_only": samples["full"] / samples["model_only"],
         "full_over_baseline": samples["full"] / samples["baseline"],
+        # On a CPU the data path runs serially with the model step, so full ~ model + data path; this
+        # ratio of the two parts is not blurred by the step-time noise of a shared machine
+        "full_over_model_only_from_parts": model_ms / (model_ms + 1000 * data_seconds),
+        "data_path_ms_per_step": 1000 * data_seconds,
         "full_step_ms": 1000 * seconds["full"] / timed_steps,
-        "model_only_step_ms": 1000 * seconds["model_only"] / timed_steps,
+        "model_only_step_ms": model_ms,
         "baseline_step_ms": 1000 * seconds["baseline"] / timed_steps,
         # CPU time (all processes) per step: the work each recipe costs, much less sensitive than
         # wall time to other processes competing for the same cores

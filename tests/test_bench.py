@@ -25,13 +25,16 @@ def test_run_reports_every_figure(channels):
     result = bench.run(parse(TINY + ["--channels", channels, "--baseline-workers", "0"]))
     for key in ("full_samples_per_s", "model_only_samples_per_s", "baseline_samples_per_s",
                 "full_over_model_only", "full_over_baseline", "peak_memory_mb",
-                "full_step_ms", "model_only_step_ms", "baseline_step_ms"):
+                "full_step_ms", "model_only_step_ms", "baseline_step_ms", "data_path_ms_per_step"):
         assert result[key] > 0, key
     assert set(result["cpu_ms_per_step"]) == {"full", "model_only", "baseline"}
     assert all(v > 0 for v in result["cpu_ms_per_step"].values())
     assert result["baseline_workers_cpu_ms_per_step"] == 0   # no worker processes with --baseline-workers 0
     assert result["device"] == "cpu" and result["threads"] >= 1 and result["torch"] == torch.__version__
     assert result["full_over_model_only"] == pytest.approx(result["full_samples_per_s"] / result["model_only_samples_per_s"])
+    parts = result["model_only_step_ms"] / (result["model_only_step_ms"] + result["data_path_ms_per_step"])
+    assert result["full_over_model_only_from_parts"] == pytest.approx(parts)
+    assert 0 < result["full_over_model_only_from_parts"] < 1
     cfg = result["config"]
     assert (cfg["method"], cfg["backbone"], cfg["image_size"], cfg["batch_size"]) == ("simclr", "resnet_narrow", 16, 8)
     assert cfg["channels"] == int(channels) and cfg["small_stem"] is True and cfg["timed_steps_per_phase"] == 2
