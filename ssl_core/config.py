@@ -73,6 +73,9 @@ class PretrainParams(_Section):
     knn_k: int = Field(20, ge=1)
     knn_every: int = Field(1, ge=0)  # epochs between kNN monitor runs; 0 = after the last epoch only
     device: Literal["auto", "cpu", "cuda"] = "auto"
+    precision: Literal["auto", "fp32", "bf16"] = "auto"   # auto: bf16 autocast on CUDA, fp32 on CPU
+    channels_last: Literal["auto", "on", "off"] = "auto"  # auto: on for CUDA; "on" is refused on a CPU
+    compile: bool = False            # torch.compile the backbone (CUDA only; minutes of compiling first)
     log_every: int = Field(10, ge=1)
     checkpoint_every: int = Field(50, ge=0)
     # Multi-process training through torchrun (ssl_core/launch.py): 1 x 1 trains in the stage's process.

@@ -5,6 +5,7 @@ the batches and augmentations the uninterrupted run would have drawn.
 """
 from __future__ import annotations
 
+import contextlib
 import time
 from dataclasses import dataclass, field
 from typing import Callable
@@ -27,6 +28,9 @@ class TrainConfig:
     seed: int = 0
     device: str = "cpu"
     log_every: int = 10
+    bf16: bool = False            # bf16 autocast around the forward pass (no loss scaling needed)
+    channels_last: bool = False   # NHWC weights and activations (faster convolutions on tensor cores)
+    compile: bool = False         # torch.compile the backbone (in place: state_dict keys unchanged)
 
 
 class NonFiniteLoss(RuntimeError):
@@ -59,11 +63,15 @@ def steps_per_epoch(n: int, batch_size: int) -> int:
 
 
 def train_step(method: nn.Module, optimizer: torch.optim.Optimizer, batch_u8: torch.Tensor,
-               gen: torch.Generator | None, loss_fn: Callable | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+               gen: torch.Generator | None, loss_fn: Callable | None = None,
+               bf16: bool = False) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """One optimizer step of any method. Returns the (detached) loss without a host sync.
 
-    loss_fn: method.loss, or the same call through DistributedDataParallel (dist_utils.loss_fn_for)."""
-    loss, extra = (loss_fn or method.loss)(batch_u8, gen)
+    loss_fn: method.loss, or the same call through DistributedDataParallel (dist_utils.loss_fn_for).
+    bf16: the forward pass under bf16 autocast; backward and the optimizer stay outside it."""
+    amp = torch.autocast(batch_u8.device.type, dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
+    with amp:
+        loss, extra = (loss_fn or method.loss)(batch_u8, gen)
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     optimizer.step()
@@ -111,6 +119,10 @@ def pretrain(method: nn.Module, images_u8: torch.Tensor, cfg: TrainConfig,
     """
     device = torch.device(cfg.device)
     method.to(device)
+    if cfg.channels_last:
+        method.to(memory_format=torch.channels_last)
+    if cfg.compile:
+        method.backbone.compile()
     world, rank = dist_utils.world_size(), dist_utils.rank()
     if cfg.batch_size < world:
         raise ValueError(f"batch size {cfg.batch_size} is smaller than the {world} processes it is split over")
@@ -135,7 +147,7 @@ def pretrain(method: nn.Module, images_u8: torch.Tensor, cfg: TrainConfig,
             batch = images_u8[idx]
             batch = batch.pin_memory().to(device, non_blocking=True) if pinned else batch.to(device)
             gen = step_generator(cfg.seed, state.global_step * world + rank, device)
-            loss, _ = train_step(method, optimizer, batch, gen, loss_fn)
+            loss, _ = train_step(method, optimizer, batch, gen, loss_fn, cfg.bf16)
             loss = dist_utils.mean_across_ranks(loss)   # the global batch's loss, the same on every rank
             scheduler.step()
             method.after_step((state.global_step + 1) / total)

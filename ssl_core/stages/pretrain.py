@@ -75,9 +75,21 @@ def checkpoint_fingerprint(params: Params, root: Path, meta: dict) -> str:
 
 def train_config(params: Params, n_unlabeled: int, device: torch.device) -> TrainConfig:
     p = params.pretrain
+    cuda = device.type == "cuda"
+    # seen here: torch 2.14's CPU convolution backward in NHWC aborts the process ("double free or
+    # corruption"), and inductor's compiled backward reaches the same kernel
+    if p.channels_last == "on" and not cuda:
+        raise StageError("pretrain.channels_last: 'on' is for CUDA only (on CPU it crashed torch's "
+                         "convolution backward in our tests); use 'auto' or 'off' on a CPU")
+    if p.compile and not cuda:
+        raise StageError("pretrain.compile: true is for CUDA only (on CPU the compiled convolution backward "
+                         "crashed torch in our tests); set it to false on a CPU")
     return TrainConfig(epochs=p.epochs, batch_size=min(p.batch_size, n_unlabeled), optimizer=p.optimizer,
                        lr=p.lr, weight_decay=p.weight_decay, warmup_epochs=p.warmup_epochs, seed=params.seed,
-                       device=str(device), log_every=p.log_every)
+                       device=str(device), log_every=p.log_every,
+                       bf16=p.precision == "bf16" or (p.precision == "auto" and cuda),
+                       channels_last=p.channels_last == "on" or (p.channels_last == "auto" and cuda),
+                       compile=p.compile)
 
 
 def train_encoder(params: Params, root: Path, meta: dict, device: torch.device, checkpointer,

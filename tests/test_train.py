@@ -1,0 +1,61 @@
+"""The pretraining loop's speed options (bf16 autocast, channels_last, torch.compile): how they resolve
+per device, and that they change how a step runs, not what gets saved."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+import crash_worker as cw
+from ssl_core.config import load_params
+from ssl_core.stages.pretrain import train_config
+from ssl_core.train import TrainConfig, pretrain, train_step
+
+
+def test_bf16_autocast_runs_the_forward_in_bf16_and_keeps_weights_fp32():
+    method = cw.build("simclr")
+    images, _ = cw.tiny_data()
+    seen = []
+    hook = method.backbone.register_forward_hook(lambda m, i, out: seen.append(out.dtype))
+    optimizer = torch.optim.SGD(method.parameters(), lr=0.1)
+    loss, _ = train_step(method, optimizer, images[:cw.BATCH], torch.Generator().manual_seed(0), bf16=True)
+    hook.remove()
+    assert seen == [torch.bfloat16]
+    assert torch.isfinite(loss) and all(p.dtype == torch.float32 for p in method.parameters())
+    assert all(p.grad is not None and p.grad.dtype == torch.float32
+               for p in method.backbone.parameters() if p.requires_grad)
+
+
+@pytest.mark.parametrize("key, value", [("channels_last", "on"), ("compile", True)])
+def test_cuda_only_speed_options_are_refused_on_a_cpu_before_training(tmp_path, key, value):
+    """NHWC convolution backward (also reached by a compiled backbone) aborted torch 2.14 on this CPU."""
+    from ssl_core.stages.common import StageError
+    from workspace import write_params
+
+    write_params(tmp_path, {f"pretrain.{key}": value})
+    with pytest.raises(StageError, match=f"pretrain.{key}.*CUDA only"):
+        train_config(load_params(tmp_path / "params.yaml"), 100, torch.device("cpu"))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="torch.compile and channels_last are CUDA-only here")
+def test_compiled_channels_last_bf16_training_saves_plain_keys_on_cuda():
+    images, _ = cw.tiny_data()
+    method = cw.build("simclr")
+    keys = set(method.backbone.state_dict())
+    history = pretrain(method, images[:2 * cw.BATCH], TrainConfig(epochs=1, batch_size=cw.BATCH, device="cuda",
+                                                                  bf16=True, channels_last=True, compile=True))
+    assert history[0]["loss"] > 0 and set(method.backbone.state_dict()) == keys   # no "_orig_mod." prefix
+
+
+def test_auto_settings_follow_the_device(tmp_path):
+    from workspace import write_params
+
+    write_params(tmp_path, {})
+    params = load_params(tmp_path / "params.yaml")
+    cpu = train_config(params, 100, torch.device("cpu"))
+    assert (cpu.bf16, cpu.channels_last, cpu.compile) == (False, False, False)
+    cuda = train_config(params, 100, torch.device("cuda"))   # resolving needs no GPU
+    assert (cuda.bf16, cuda.channels_last) == (True, True)
+    forced = params.model_copy(deep=True)
+    forced.pretrain.precision, forced.pretrain.channels_last, forced.pretrain.compile = "bf16", "off", True
+    cfg = train_config(forced, 100, torch.device("cuda"))
+    assert (cfg.bf16, cfg.channels_last, cfg.compile) == (True, False, True)
