@@ -8,8 +8,8 @@
                   images, torchvision transforms (one Compose per view) and DataLoader workers.
 Also timed: the data path of (a) alone (index, copy, every view), reported as data_path_ms_per_step and
 as full_over_model_only_from_parts = model / (model + data path), the (a)/(b) ratio without the
-phase-to-phase noise of a shared machine. A sample is one image turned into all of its views (two for SimCLR). On CUDA every path runs with
-channels_last, bf16 autocast, pinned memory and non_blocking copies, and synchronises only around
+phase-to-phase noise of a shared machine. A sample is one image turned into all of its views (two for
+SimCLR). On CUDA every path runs with channels_last, bf16 autocast, pinned memory and non_blocking copies, and synchronises only around
 the timed regions. Run: `python -m ssl_core.bench --help` (the CLI's `bench` command calls run()).
 """
 from __future__ import annotations
