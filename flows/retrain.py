@@ -29,6 +29,7 @@ MIN_SLOT_WAIT_S = 5.0   # the workspace lock is ours by then: a slot still held 
 def ensure_concurrency_limit(tag: str, limit: int = 1) -> None:
     """Create (or reset to `limit`) the Prefect tag concurrency limit on `tag`; idempotent (upsert)."""
     from prefect.client.orchestration import get_client
+    from prefect.exceptions import ObjectNotFound
 
     with get_client(sync_client=True) as client:
         client.create_concurrency_limit(tag=tag, concurrency_limit=limit)
@@ -141,8 +142,17 @@ def serve(params: Params, root: Path, params_file: str = "params.yaml", override
     """Register the deployment and run its schedule in this process until Ctrl-C (Prefect's `serve`)."""
     from prefect import serve as prefect_serve
 
+    from prefect.client.orchestration import get_client
+
     ensure_concurrency_limit(params.retrain.concurrency_tag)
-    prefect_serve(build_deployment(params, root, params_file, overrides))
+    try:
+        prefect_serve(build_deployment(params, root, params_file, overrides))
+    finally:
+        # Prefect pauses a served deployment on shutdown only when its runner got far enough; pause it
+        # here too, so no scheduled runs pile up while nobody serves them
+        with get_client(sync_client=True) as client, contextlib.suppress(ObjectNotFound):   # never registered
+            deployment = client.read_deployment_by_name(f"retrain/{params.retrain.deployment_name}")
+            client.pause_deployment(deployment.id)
 
 
 if __name__ == "__main__":
