@@ -24,9 +24,10 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import dataclasses
+import functools
 import math
 from dataclasses import dataclass
-from typing import Iterator, Sequence
+from typing import Callable, Iterator, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -131,16 +132,27 @@ def blur_kernel_size(cfg: AugmentConfig, out_size: int) -> int:
     return min(k, (out_size - 1) // 2 * 2 + 1)
 
 
+def draw_uniform(cfg: AugmentConfig, images_shape: Sequence[int], gen: torch.Generator | None = None,
+                 device: torch.device | str | None = None) -> torch.Tensor:
+    """All of a call's random numbers in one draw: [B, columns] uniforms (one kernel on CUDA)."""
+    b, c = images_shape[:2]
+    if c not in (1, 3):
+        raise ValueError(f"augment handles 1- or 3-channel images, got {c} channels")
+    return torch.rand(b, len(_columns(cfg, c)), generator=gen, device=device)
+
+
 def sample_params(cfg: AugmentConfig, images_shape: Sequence[int], gen: torch.Generator | None = None,
                   device: torch.device | str | None = None, out_size: int | None = None) -> AugmentParams:
     """Draw every sample's parameters for a batch shaped images_shape = (B, C, H, W)."""
+    return params_from_uniform(cfg, images_shape, draw_uniform(cfg, images_shape, gen, device), out_size)
+
+
+def params_from_uniform(cfg: AugmentConfig, images_shape: Sequence[int], u: torch.Tensor,
+                        out_size: int | None = None) -> AugmentParams:
+    """The per-sample parameters that the uniforms `u` (from draw_uniform) stand for: no randomness here."""
     b, c, h, w = images_shape
-    if c not in (1, 3):
-        raise ValueError(f"augment handles 1- or 3-channel images, got {c} channels")
     out_size = out_size or w
-    names = _columns(cfg, c)
-    u = torch.rand(b, len(names), generator=gen, device=device)
-    col = {name: u[:, i] for i, name in enumerate(names)}
+    col = {name: u[:, i] for i, name in enumerate(_columns(cfg, c))}
 
     def between(name: str, low: float, high: float) -> torch.Tensor:
         return col[name] * (high - low) + low
@@ -282,17 +294,51 @@ def apply_params(images_u8: torch.Tensor, params: AugmentParams, out_size: int |
     return x
 
 
+def views_from_uniform(images_u8: torch.Tensor, u: torch.Tensor, cfg: AugmentConfig,
+                       out_size: int | None = None) -> torch.Tensor:
+    """Deterministic part of augment_batch (uniforms -> views): what compiled_augment() compiles."""
+    return apply_params(images_u8, params_from_uniform(cfg, images_u8.shape, u, out_size), out_size)
+
+
 def augment_batch(images_u8: torch.Tensor, cfg: AugmentConfig, gen: torch.Generator | None = None,
                   out_size: int | None = None) -> torch.Tensor:
     """Return one augmented float view per image. Same generator state -> identical views."""
     hook = _VIEW_HOOK.get()
     if isinstance(hook, _Replay):
         return hook.take(images_u8.shape[0])
-    params = sample_params(cfg, images_u8.shape, gen, images_u8.device, out_size)
-    views = apply_params(images_u8, params, out_size)
+    u = draw_uniform(cfg, images_u8.shape, gen, images_u8.device)
+    views = (_COMPILED.get() or views_from_uniform)(images_u8, u, cfg, out_size)
     if isinstance(hook, list):
         hook.append(RecordedView(cfg, views.shape[-1], views))
     return views
+
+
+# --- Compiled views: on a GPU the ~100 small ops of a view cost more to launch than to run ----------
+
+_COMPILED: contextvars.ContextVar[Callable | None] = contextvars.ContextVar("augment_compiled", default=None)
+
+
+@functools.lru_cache(maxsize=1)
+def _compiled_views() -> Callable:
+    # one compiled function; torch.compile specialises it per recipe, shape and device (fused kernels)
+    return torch.compile(views_from_uniform, dynamic=False)
+
+
+@contextlib.contextmanager
+def compiled_augment(enabled: bool = True, device: torch.device | str | None = None) -> Iterator[None]:
+    """Inside the block augment_batch runs views_from_uniform through torch.compile (same random draws;
+    the views match eager ones to float rounding). The first call of each recipe/shape compiles."""
+    if not enabled:
+        yield
+        return
+    if device is not None:   # constants cached before tracing: the trace then only reads them
+        for name in _MATRICES:
+            _constant(name, torch.device(device))
+    token = _COMPILED.set(_compiled_views())
+    try:
+        yield
+    finally:
+        _COMPILED.reset(token)
 
 
 # --- Record / replay: lets `ssl-pipeline bench` time a method's step on pre-made views --------------

@@ -9,8 +9,9 @@
 Also timed: the data path of (a) alone (index, copy, every view), reported as data_path_ms_per_step and
 as full_over_model_only_from_parts = model / (model + data path), the (a)/(b) ratio without the
 phase-to-phase noise of a shared machine. A sample is one image turned into all of its views (two for
-SimCLR). On CUDA every path runs with channels_last, bf16 autocast, pinned memory and non_blocking copies, and synchronises only around
-the timed regions. Run: `python -m ssl_core.bench --help` (the CLI's `bench` command calls run()).
+SimCLR). On CUDA every path runs with channels_last and bf16 autocast and synchronises only around the
+timed regions; (a) slices its batches from a copy of the cache on the GPU and makes its views through
+torch.compile (--cache-on-device, --compile-augment), (c) uses pinned memory and non_blocking copies. Run: `python -m ssl_core.bench --help` (the CLI's `bench` command calls run()).
 """
 from __future__ import annotations
 
@@ -33,7 +34,8 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset, RandomSampler
 from torchvision import transforms as T
 
-from ssl_core.augment import AugmentConfig, augment_batch, blur_kernel_size, record_views, replay_views
+from ssl_core.augment import (AugmentConfig, augment_batch, blur_kernel_size, compiled_augment, record_views,
+                              replay_views)
 from ssl_core.methods import get_method_class, method_names
 from ssl_core.models import build_backbone
 from ssl_core.models.backbones import BACKBONE_NAMES
@@ -65,6 +67,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--threads", type=int, default=0, help="torch intra-op threads (0: torch's default)")
     parser.add_argument("--channels-last", default="auto", choices=("auto", "on", "off"),
                         help="auto: on for CUDA only (on this CPU it measured slower)")
+    parser.add_argument("--cache-on-device", default="auto", choices=("auto", "on", "off"),
+                        help="(a) slices batches from a copy of the cache on the device (auto: on for CUDA)")
+    parser.add_argument("--compile-augment", default="auto", choices=("auto", "on", "off"),
+                        help="torch.compile the view-making ops in (a) (auto: on for CUDA)")
+    parser.add_argument("--compile", action="store_true",
+                        help="torch.compile the backbone first (CUDA; compiling happens in the warm-up steps)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--output", default=None, help="also write the JSON to this file")
 
@@ -149,16 +157,22 @@ def run(args: argparse.Namespace) -> dict:
     c, s, b = args.channels, args.image_size, args.batch_size
     cuda = device.type == "cuda"
     channels_last = args.channels_last == "on" or (args.channels_last == "auto" and cuda)
+    on_device = args.cache_on_device == "on" or (args.cache_on_device == "auto" and cuda)
+    compile_augment = args.compile_augment == "on" or (args.compile_augment == "auto" and cuda)
     backbone = build_backbone(args.backbone, c, s, small_stem=args.small_stem, width=args.width,
                               stem_stride=args.stem_stride)
     method = get_method_class(args.method).build(backbone, {}, {}, (c, s, s)).to(device)
     if channels_last:
         method = method.to(memory_format=torch.channels_last)
+    if args.compile:
+        method.backbone.compile()   # in place, as pretrain.compile does
     method.train()
     optimizer = build_optimizer(method, args.optimizer, 1e-3, 1e-4)
     autocast = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if cuda else contextlib.nullcontext
     cache = synthetic_cache(args.cache_images or 4 * b, c, s, args.seed)
-    sample_gen = torch.Generator().manual_seed(args.seed)
+    # (a)'s batches: indexed where the cache lives (on the device: no host work, no copy per step)
+    source = cache.to(device) if on_device else cache
+    sample_gen = torch.Generator(device=source.device).manual_seed(args.seed)
     step_count = [0]
 
     def optimizer_step(batch: torch.Tensor, views: list[torch.Tensor] | None) -> None:
@@ -171,9 +185,13 @@ def run(args: argparse.Namespace) -> dict:
     def to_device(batch: torch.Tensor) -> torch.Tensor:
         return batch.pin_memory().to(device, non_blocking=True) if cuda else batch.to(device)
 
+    def next_batch() -> torch.Tensor:
+        batch = source[torch.randint(len(source), (b,), generator=sample_gen, device=source.device)]
+        return batch if on_device else to_device(batch)
+
     def full_step() -> None:   # (a)
-        idx = torch.randint(len(cache), (b,), generator=sample_gen)
-        optimizer_step(to_device(cache[idx]), None)
+        with compiled_augment(compile_augment, device):
+            optimizer_step(next_batch(), None)
 
     # (b): record the views this method makes for one batch, then replay them every step
     fixed_batch = to_device(cache[:b])
@@ -201,10 +219,11 @@ def run(args: argparse.Namespace) -> dict:
     peak = {"full_and_model_only": _peak_memory_mb(device)}
 
     def data_path() -> None:   # (a)'s data work alone: index the cache, copy, make every view
-        batch = to_device(cache[torch.randint(len(cache), (b,), generator=sample_gen)])
+        batch = next_batch()
         gen = step_generator(args.seed, 0, device)
-        for r in recorded:
-            augment_batch(batch, r.cfg, gen, r.out_size)
+        with compiled_augment(compile_augment, device):
+            for r in recorded:
+                augment_batch(batch, r.cfg, gen, r.out_size)
 
     data_reps = max(args.rounds * args.steps, 20)
     data_path()
@@ -268,6 +287,9 @@ def run(args: argparse.Namespace) -> dict:
         "torchvision": torchvision.__version__,
         "bf16_autocast": cuda,
         "channels_last": channels_last,
+        "compile": args.compile,
+        "compile_augment": compile_augment,
+        "cache_on_device": on_device,
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "config": {
             "method": args.method, "backbone": args.backbone, "small_stem": args.small_stem,

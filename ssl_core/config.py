@@ -76,6 +76,8 @@ class PretrainParams(_Section):
     precision: Literal["auto", "fp32", "bf16"] = "auto"   # auto: bf16 autocast on CUDA, fp32 on CPU
     channels_last: Literal["auto", "on", "off"] = "auto"  # auto: on for CUDA; "on" is refused on a CPU
     compile: bool = False            # torch.compile the backbone (CUDA only; minutes of compiling first)
+    compile_augment: Literal["auto", "on", "off"] = "auto"  # torch.compile the view-making ops; auto: on for CUDA
+    cache_on_device: Literal["auto", "on", "off"] = "auto"  # auto: CUDA, when under 1/4 of free GPU memory
     log_every: int = Field(10, ge=1)
     checkpoint_every: int = Field(50, ge=0)
     # Multi-process training through torchrun (ssl_core/launch.py): 1 x 1 trains in the stage's process.

@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from ssl_core import distributed as dist_utils
+from ssl_core.augment import compiled_augment
 from ssl_core.optim import build_optimizer, warmup_cosine
 
 
@@ -31,6 +32,8 @@ class TrainConfig:
     bf16: bool = False            # bf16 autocast around the forward pass (no loss scaling needed)
     channels_last: bool = False   # NHWC weights and activations (faster convolutions on tensor cores)
     compile: bool = False         # torch.compile the backbone (in place: state_dict keys unchanged)
+    compile_augment: bool = False  # torch.compile the view-making ops (ssl_core.augment.compiled_augment)
+    cache_on_device: bool = False  # copy the uint8 cache to the device once; batches are sliced there
 
 
 class NonFiniteLoss(RuntimeError):
@@ -136,43 +139,47 @@ def pretrain(method: nn.Module, images_u8: torch.Tensor, cfg: TrainConfig,
     state = TrainState()
     if checkpointer is not None:
         state = checkpointer.restore(method, optimizer, scheduler) or state
-    pinned = device.type == "cuda"
+    if cfg.cache_on_device:
+        images_u8 = images_u8.to(device)
+    pinned = device.type == "cuda" and not cfg.cache_on_device
     method.train()
-    while state.epoch < cfg.epochs:
-        order = epoch_order(cfg.seed, state.epoch, n)
-        t0 = time.perf_counter()
-        losses = [torch.tensor(v, device=device) for v in state.epoch_losses[:state.step_in_epoch]]
-        for step in range(state.step_in_epoch, spe):
-            idx = dist_utils.shard_batch(order[step * global_batch:(step + 1) * global_batch], rank, world)
-            batch = images_u8[idx]
-            batch = batch.pin_memory().to(device, non_blocking=True) if pinned else batch.to(device)
-            gen = step_generator(cfg.seed, state.global_step * world + rank, device)
-            loss, _ = train_step(method, optimizer, batch, gen, loss_fn, cfg.bf16)
-            loss = dist_utils.mean_across_ranks(loss)   # the global batch's loss, the same on every rank
-            scheduler.step()
-            method.after_step((state.global_step + 1) / total)
-            losses.append(loss)
-            state.global_step += 1
-            state.step_in_epoch = step + 1
-            if state.global_step % cfg.log_every == 0 or step == spe - 1:
-                check_finite(losses, state)   # host sync only every log_every steps
-                value = loss.item()
-                if progress:
-                    progress(f"epoch {state.epoch + 1}/{cfg.epochs} step {step + 1}/{spe} loss {value:.4f} "
-                             f"lr {scheduler.get_last_lr()[0]:.2e}")
-                if on_step:
-                    on_step(state, value)
-            if checkpointer is not None and checkpointer.due(state, epoch_end=False):
-                _save_checkpoint(checkpointer, method, optimizer, scheduler, state, losses)
-        check_finite(losses, state)
-        epoch_loss = torch.stack(losses).mean().item() if losses else float("nan")
-        metrics = {"epoch": state.epoch + 1, "loss": epoch_loss, "seconds": time.perf_counter() - t0,
-                   "lr": scheduler.get_last_lr()[0]}
-        state.epoch += 1
-        state.step_in_epoch = 0
-        if on_epoch_end:
-            on_epoch_end(state.epoch, metrics)   # may add e.g. knn accuracy to metrics
-        state.history.append(metrics)
-        if checkpointer is not None and checkpointer.due(state, epoch_end=True):
-            _save_checkpoint(checkpointer, method, optimizer, scheduler, state, [])
+    with compiled_augment(cfg.compile_augment, device):   # a no-op when off
+        while state.epoch < cfg.epochs:
+            # on the cache's device, so slicing a batch never waits for a host-to-device copy
+            order = epoch_order(cfg.seed, state.epoch, n).to(images_u8.device)
+            t0 = time.perf_counter()
+            losses = [torch.tensor(v, device=device) for v in state.epoch_losses[:state.step_in_epoch]]
+            for step in range(state.step_in_epoch, spe):
+                idx = dist_utils.shard_batch(order[step * global_batch:(step + 1) * global_batch], rank, world)
+                batch = images_u8[idx]
+                batch = batch.pin_memory().to(device, non_blocking=True) if pinned else batch.to(device)
+                gen = step_generator(cfg.seed, state.global_step * world + rank, device)
+                loss, _ = train_step(method, optimizer, batch, gen, loss_fn, cfg.bf16)
+                loss = dist_utils.mean_across_ranks(loss)   # the global batch's loss, the same on every rank
+                scheduler.step()
+                method.after_step((state.global_step + 1) / total)
+                losses.append(loss)
+                state.global_step += 1
+                state.step_in_epoch = step + 1
+                if state.global_step % cfg.log_every == 0 or step == spe - 1:
+                    check_finite(losses, state)   # host sync only every log_every steps
+                    value = loss.item()
+                    if progress:
+                        progress(f"epoch {state.epoch + 1}/{cfg.epochs} step {step + 1}/{spe} loss {value:.4f} "
+                                 f"lr {scheduler.get_last_lr()[0]:.2e}")
+                    if on_step:
+                        on_step(state, value)
+                if checkpointer is not None and checkpointer.due(state, epoch_end=False):
+                    _save_checkpoint(checkpointer, method, optimizer, scheduler, state, losses)
+            check_finite(losses, state)
+            epoch_loss = torch.stack(losses).mean().item() if losses else float("nan")
+            metrics = {"epoch": state.epoch + 1, "loss": epoch_loss, "seconds": time.perf_counter() - t0,
+                       "lr": scheduler.get_last_lr()[0]}
+            state.epoch += 1
+            state.step_in_epoch = 0
+            if on_epoch_end:
+                on_epoch_end(state.epoch, metrics)   # may add e.g. knn accuracy to metrics
+            state.history.append(metrics)
+            if checkpointer is not None and checkpointer.due(state, epoch_end=True):
+                _save_checkpoint(checkpointer, method, optimizer, scheduler, state, [])
     return state.history

@@ -266,3 +266,15 @@ def test_cuda_generator_gives_reproducible_views_matching_the_recipe():
     assert a.is_cuda and torch.equal(a, b) and a.min() >= 0 and a.max() <= 1
     ident = augment_batch(x, IDENTITY, torch.Generator(device="cuda").manual_seed(0))
     torch.testing.assert_close(ident.cpu(), x.cpu().float() / 255, atol=1e-5, rtol=0)
+
+
+def test_views_are_a_function_of_one_uniform_draw():
+    """augment_batch = draw_uniform (all randomness) + views_from_uniform (pure): what gets compiled on GPUs."""
+    from ssl_core.augment import compiled_augment, draw_uniform, views_from_uniform
+
+    images = torch.randint(0, 256, (6, 3, 20, 20), dtype=torch.uint8)
+    cfg = AugmentConfig().with_overrides({"blur_p": 0.5, "solarize_p": 0.3})
+    u = draw_uniform(cfg, images.shape, torch.Generator().manual_seed(4))
+    with compiled_augment(False):   # off: the eager path
+        views = augment_batch(images, cfg, torch.Generator().manual_seed(4), 12)
+    assert torch.equal(views, views_from_uniform(images, u, cfg, 12))

@@ -42,8 +42,21 @@ def test_compiled_channels_last_bf16_training_saves_plain_keys_on_cuda():
     method = cw.build("simclr")
     keys = set(method.backbone.state_dict())
     history = pretrain(method, images[:2 * cw.BATCH], TrainConfig(epochs=1, batch_size=cw.BATCH, device="cuda",
-                                                                  bf16=True, channels_last=True, compile=True))
+                                                                  bf16=True, channels_last=True, compile=True,
+                                                                  compile_augment=True, cache_on_device=True))
     assert history[0]["loss"] > 0 and set(method.backbone.state_dict()) == keys   # no "_orig_mod." prefix
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="compiled augmentation is a CUDA speed option")
+def test_compiled_views_match_eager_views_on_cuda():
+    from ssl_core.augment import AugmentConfig, augment_batch, compiled_augment
+
+    images = torch.randint(0, 256, (64, 3, 32, 32), dtype=torch.uint8, device="cuda")
+    cfg = AugmentConfig().with_overrides({"blur_p": 0.5, "solarize_p": 0.2})
+    eager = augment_batch(images, cfg, torch.Generator("cuda").manual_seed(3))
+    with compiled_augment(True, "cuda"):
+        compiled = augment_batch(images, cfg, torch.Generator("cuda").manual_seed(3))
+    torch.testing.assert_close(compiled, eager, atol=1e-4, rtol=0)
 
 
 def test_auto_settings_follow_the_device(tmp_path):
@@ -52,10 +65,33 @@ def test_auto_settings_follow_the_device(tmp_path):
     write_params(tmp_path, {})
     params = load_params(tmp_path / "params.yaml")
     cpu = train_config(params, 100, torch.device("cpu"))
-    assert (cpu.bf16, cpu.channels_last, cpu.compile) == (False, False, False)
+    assert (cpu.bf16, cpu.channels_last, cpu.compile, cpu.compile_augment, cpu.cache_on_device) == (False,) * 5
     cuda = train_config(params, 100, torch.device("cuda"))   # resolving needs no GPU
-    assert (cuda.bf16, cuda.channels_last) == (True, True)
+    assert (cuda.bf16, cuda.channels_last, cuda.compile_augment) == (True, True, True)
     forced = params.model_copy(deep=True)
     forced.pretrain.precision, forced.pretrain.channels_last, forced.pretrain.compile = "bf16", "off", True
     cfg = train_config(forced, 100, torch.device("cuda"))
     assert (cfg.bf16, cfg.channels_last, cfg.compile) == (True, False, True)
+
+
+def test_the_cache_goes_to_the_gpu_only_when_asked_or_when_it_fits():
+    from ssl_core.stages.pretrain import cache_on_device
+
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    assert not any(cache_on_device(s, cpu, 1) for s in ("auto", "on", "off"))   # on a CPU it is in memory already
+    assert cache_on_device("on", cuda, 10**15) and not cache_on_device("off", cuda, 1)
+    if torch.cuda.is_available():
+        free = torch.cuda.mem_get_info(cuda)[0]
+        assert cache_on_device("auto", cuda, free // 8) and not cache_on_device("auto", cuda, free // 2)
+
+
+def test_a_device_cache_trains_exactly_as_a_host_cache():
+    """cache_on_device only moves where batches are sliced: same batches, same views, same weights."""
+    images, _ = cw.tiny_data()
+    weights = []
+    for on_device in (False, True):
+        torch.manual_seed(0)
+        method = cw.build("simclr")
+        pretrain(method, images[:2 * cw.BATCH], TrainConfig(epochs=1, batch_size=cw.BATCH, cache_on_device=on_device))
+        weights.append(method.backbone.state_dict())
+    assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])

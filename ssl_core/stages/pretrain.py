@@ -68,12 +68,14 @@ def checkpoint_fingerprint(params: Params, root: Path, meta: dict) -> str:
     are left out, so e.g. a retry with another checkpoint_every still resumes."""
     from ssl_core.dvcops import dataset_md5s
 
-    train_knobs = params.pretrain.model_dump(mode="json", exclude={"log_every", "checkpoint_every", "knn_k", "knn_every", "device"})
+    train_knobs = params.pretrain.model_dump(mode="json", exclude={"log_every", "checkpoint_every", "knn_k", "knn_every", "device",
+                                                               "cache_on_device"})
     return json.dumps({"seed": params.seed, "data": params.data.model_dump(mode="json"), "pretrain": train_knobs,
                        "dvc_md5": dataset_md5s(root, params.data.raw_dir), "meta": meta}, sort_keys=True)
 
 
-def train_config(params: Params, n_unlabeled: int, device: torch.device) -> TrainConfig:
+def train_config(params: Params, n_unlabeled: int, device: torch.device, cache_bytes: int = 0) -> TrainConfig:
+    """The loop's settings; the auto ones resolved for `device` (cache_bytes: the unlabeled uint8 cache's size)."""
     p = params.pretrain
     cuda = device.type == "cuda"
     # seen here: torch 2.14's CPU convolution backward in NHWC aborts the process ("double free or
@@ -89,7 +91,19 @@ def train_config(params: Params, n_unlabeled: int, device: torch.device) -> Trai
                        device=str(device), log_every=p.log_every,
                        bf16=p.precision == "bf16" or (p.precision == "auto" and cuda),
                        channels_last=p.channels_last == "on" or (p.channels_last == "auto" and cuda),
-                       compile=p.compile)
+                       compile=p.compile,
+                       compile_augment=p.compile_augment == "on" or (p.compile_augment == "auto" and cuda),
+                       cache_on_device=cache_on_device(p.cache_on_device, device, cache_bytes))
+
+
+def cache_on_device(setting: str, device: torch.device, cache_bytes: int) -> bool:
+    """Whether the unlabeled cache goes to the GPU once (auto: when it takes under 1/4 of the free memory).
+    On a CPU the cache is in memory already, so every setting means the same."""
+    if device.type != "cuda" or setting == "off":
+        return False
+    if setting == "on":
+        return True
+    return torch.cuda.is_available() and cache_bytes < torch.cuda.mem_get_info(device)[0] / 4
 
 
 def train_encoder(params: Params, root: Path, meta: dict, device: torch.device, checkpointer,
@@ -115,7 +129,8 @@ def train_encoder(params: Params, root: Path, meta: dict, device: torch.device, 
             if log_epoch:
                 log_epoch(epoch, metrics)
 
-    history = pretrain(method, unlabeled.images, train_config(params, len(unlabeled), device), on_epoch_end=on_epoch_end,
+    cfg = train_config(params, len(unlabeled), device, unlabeled.images.nbytes)
+    history = pretrain(method, unlabeled.images, cfg, on_epoch_end=on_epoch_end,
                        checkpointer=checkpointer, progress=(lambda line: log.info("pretrain: %s", line)) if lead else None)
     return method, history
 

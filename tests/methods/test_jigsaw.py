@@ -94,3 +94,28 @@ def test_tiles_are_resized_for_a_vit_or_on_request():
         assert torch.isfinite(loss) and seen[-1] == size
     with pytest.raises(ValueError, match="ViT"):
         Jigsaw.build(vit, {"tile_size": 8}, image_shape=(3, 16, 16))
+
+
+def test_image_input_encodes_the_reassembled_shuffled_tiles_once():
+    """input: image -- the backbone sees assemble(shuffled tiles) at the image size, one pass per image."""
+    from ssl_core.augment import augment_batch
+    from ssl_core.methods.jigsaw import assemble, resize
+
+    torch.manual_seed(0)
+    backbone = build_backbone("resnet_narrow", 1, 16, width=4)
+    m = Jigsaw.build(backbone, {"num_permutations": 6, "hidden_dim": 8, "tile_gap": 1, "input": "image"},
+                     image_shape=(1, 16, 16))
+    assert m.head[0].in_features == backbone.out_dim   # one feature vector per image, not nine
+    images = torch.randint(0, 256, (3, 1, 16, 16), dtype=torch.uint8)
+    seen = []
+    hook = m.backbone.register_forward_pre_hook(lambda mod, inp: seen.append(inp[0]))
+    loss, _ = m.loss(images, torch.Generator().manual_seed(5))
+    hook.remove()
+    gen = torch.Generator().manual_seed(5)   # the same draws, in the same order, by hand
+    shuffled, index = m.puzzle(augment_batch(images, m.augment, gen), gen)
+    expected = resize(assemble(shuffled), 16)
+    assert len(seen) == 1 and torch.equal(seen[0], expected)
+    assert shuffled.shape[-1] == 4 and expected.shape == (3, 1, 16, 16)   # 12 px of tiles -> 16 px
+    assert torch.isfinite(loss)
+    with pytest.raises(ValueError, match="input"):
+        Jigsaw.build(backbone, {"input": "patches"}, image_shape=(1, 16, 16))
