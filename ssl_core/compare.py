@@ -59,9 +59,19 @@ class Data:
     infos: dict   # dataset name -> {path, DVC md5, manifest}: the MLflow dataset inputs
 
 
-def budget(params: Params) -> int:
-    """Pretraining epochs per method: compare.epochs, or pretrain.epochs when that is 0."""
-    return params.compare.epochs or params.pretrain.epochs
+def budget(params: Params, method: str | None = None) -> int:
+    """Pretraining epochs of `method`: compare.epochs when set (one budget for all, e.g. a quick run),
+    else compare.method_epochs[method], else pretrain.epochs."""
+    c = params.compare
+    return c.epochs or c.method_epochs.get(method) or params.pretrain.epochs
+
+
+def budget_text(params: Params) -> str:
+    """'30' or '30 (mae: 100)': the epochs the report title and the parent run's tag show."""
+    c = params.compare
+    own = {} if c.epochs else {m: e for m, e in c.method_epochs.items() if m in c.methods}
+    extra = ", ".join(f"{m}: {e}" for m, e in sorted(own.items()))
+    return f"{budget(params)}" + (f" ({extra})" if extra else "")
 
 
 def method_knobs(params: Params, method: str) -> dict:
@@ -74,7 +84,7 @@ def method_knobs(params: Params, method: str) -> dict:
 def params_for(params: Params, method: str) -> Params:
     """The params the pipeline would run with pretrain.method = `method` under the comparison's budget."""
     raw = params.model_dump(mode="json")
-    raw["pretrain"].update(method=method, backbone=compare_backbone(params, method), epochs=budget(params),
+    raw["pretrain"].update(method=method, backbone=compare_backbone(params, method), epochs=budget(params, method),
                            method_params=method_knobs(params, method))
     return validate(raw)
 
@@ -120,7 +130,7 @@ def parent_run(params: Params, root: Path, overrides: list[str] | None, flow_run
         os.environ[tracking.OVERRIDES_ENV] = json.dumps(overrides)
     client = tracking.client()
     tags = {**tracking.run_tags("compare", root), "compare.methods": ",".join(params.compare.methods),
-            "compare.epochs": str(budget(params))}
+            "compare.epochs": budget_text(params)}
     run = client.create_run(exp_id, run_name="compare", tags=tags)
     status = "FAILED"
     try:

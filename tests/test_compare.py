@@ -174,6 +174,11 @@ def test_per_method_params_budget_backbone_and_knobs(tmp_path):
     assert (moco.backbone, moco.method_params) == (params.pretrain.backbone, {"version": "v3"})
     assert byol.method_params == {"base_momentum": 0.9}
     assert logic.params_for(load_params(tmp_path / "params.yaml"), "simclr").pretrain.epochs == 7
+    own = load_params(tmp_path / "params.yaml", ["compare.method_epochs={mae: 40}"])
+    assert [logic.params_for(own, m).pretrain.epochs for m in ("mae", "simclr")] == [40, 7]
+    assert logic.budget_text(own) == "7 (mae: 40)" and logic.budget_text(params) == "2"   # compare.epochs wins
+    with pytest.raises(ConfigError, match=r"compare\.method_epochs\.mae: must be >= 1"):
+        load_params(tmp_path / "params.yaml", ["compare.method_epochs={mae: 0}"])
     entries = logic.plan(params, {"channels": 1})
     assert [e.skip_reason is not None for e in entries] == [m == "colorization" for m in params.compare.methods]
     assert logic.baseline_backbones(params, entries) == sorted({params.pretrain.backbone, "vit_tiny"})
