@@ -115,8 +115,9 @@ class Jigsaw(SSLMethod):
         tile_gap: int = 2              # px of random play per 9 px cell (paper: 64 px tiles in 85 px cells)
         tile_size: int = 0             # tiles are resized to this before the backbone; 0 = as cut
         hidden_dim: int = 512
-        input: str = "tiles"           # "tiles": each tile encoded alone (paper); "image": the shuffled
-                                       # tiles reassembled into one image, encoded at the image's scale
+        input: str = "image"           # "image": the shuffled tiles reassembled into one image, encoded at
+                                       # the image's scale; "tiles": each tile encoded alone (the paper's,
+                                       # for 225 px images). On the 28 px demo, kNN 0.77 vs 0.57 (random: 0.73)
 
         def __post_init__(self) -> None:
             if self.input not in ("tiles", "image"):

@@ -87,7 +87,8 @@ def test_tiles_are_resized_for_a_vit_or_on_request():
     vit = Backbone(ViTTrunk(16, 3, 4, dim=16, depth=1, heads=2), 16, 3, "vit_tiny")
     resnet = build_backbone("resnet_narrow", 3, 16, width=4)
     for backbone, params, size in [(vit, {}, 16), (resnet, {"tile_size": 8}, 8), (resnet, {}, 3)]:
-        m = Jigsaw.build(backbone, {"num_permutations": 4, "hidden_dim": 8, **params}, image_shape=(3, 16, 16))
+        m = Jigsaw.build(backbone, {"num_permutations": 4, "hidden_dim": 8, "input": "tiles", **params},
+                         image_shape=(3, 16, 16))
         hook = m.backbone.register_forward_pre_hook(lambda mod, inp: seen.append(inp[0].shape[-1]))
         loss, _ = m.loss(torch.randint(0, 256, (2, 3, 16, 16), dtype=torch.uint8), torch.Generator().manual_seed(0))
         hook.remove()
