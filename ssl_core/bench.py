@@ -11,7 +11,8 @@ as full_over_model_only_from_parts = model / (model + data path), the (a)/(b) ra
 phase-to-phase noise of a shared machine. A sample is one image turned into all of its views (two for
 SimCLR). On CUDA every path runs with channels_last and bf16 autocast and synchronises only around the
 timed regions; (a) slices its batches from a copy of the cache on the GPU and makes its views through
-torch.compile (--cache-on-device, --compile-augment), (c) uses pinned memory and non_blocking copies. Run: `python -m ssl_core.bench --help` (the CLI's `bench` command calls run()).
+torch.compile (--cache-on-device, --compile-augment), (c) uses pinned memory and non_blocking copies.
+Run: `python -m ssl_core.bench --help` (the CLI's `bench` command calls run()).
 """
 from __future__ import annotations
 
