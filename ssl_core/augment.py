@@ -327,7 +327,8 @@ def _compiled_views() -> Callable:
 @contextlib.contextmanager
 def compiled_augment(enabled: bool = True, device: torch.device | str | None = None) -> Iterator[None]:
     """Inside the block augment_batch runs views_from_uniform through torch.compile (same random draws;
-    the views match eager ones to float rounding). The first call of each recipe/shape compiles."""
+    the views match eager ones to float rounding). The first call of each recipe/shape compiles; past
+    torch's recompile limit (8 variants of one function) further variants run eagerly."""
     if not enabled:
         yield
         return
