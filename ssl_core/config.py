@@ -140,7 +140,7 @@ class CompareParams(_Section):
     """`ssl-pipeline compare` (flows/compare.py): several methods on the same data and budget."""
     methods: list[str] = Field(default_factory=lambda: list(COMPARE_METHODS), min_length=1)
     epochs: int = Field(0, ge=0)                                # pretraining epochs per method; 0 = pretrain.epochs
-    method_epochs: dict[str, int] = Field(default_factory=dict)  # per-method epochs when epochs is 0 (cheap steps: MAE)
+    method_epochs: dict[str, int] = Field(default_factory=dict)  # per-method epochs when epochs is 0 (MAE needs ~100)
     backbones: dict[str, str] = Field(default_factory=dict)     # per-method backbone; see compare_backbone()
     method_params: dict[str, dict[str, Any]] = Field(default_factory=dict)   # per-method knobs (else its defaults)
 

@@ -47,7 +47,8 @@ def test_compiled_channels_last_bf16_training_saves_plain_keys_on_cuda():
     assert history[0]["loss"] > 0 and set(method.backbone.state_dict()) == keys   # no "_orig_mod." prefix
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="compiled augmentation is a CUDA speed option")
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device: compiled views are a GPU option (on a CPU "
+                    "compiling takes ~20 s per recipe and is never used)")
 def test_compiled_views_match_eager_views_on_cuda():
     from ssl_core.augment import AugmentConfig, augment_batch, compiled_augment
 
