@@ -29,7 +29,6 @@ MIN_SLOT_WAIT_S = 5.0   # the workspace lock is ours by then: a slot still held 
 def ensure_concurrency_limit(tag: str, limit: int = 1) -> None:
     """Create (or reset to `limit`) the Prefect tag concurrency limit on `tag`; idempotent (upsert)."""
     from prefect.client.orchestration import get_client
-    from prefect.exceptions import ObjectNotFound
 
     with get_client(sync_client=True) as client:
         client.create_concurrency_limit(tag=tag, concurrency_limit=limit)
@@ -138,22 +137,32 @@ def apply_deployment(params: Params, root: Path, params_file: str = "params.yaml
     return build_deployment(params, root, params_file, overrides).apply()
 
 
+SERVE_GRACE_S = 20.0   # after Ctrl-C, Prefect's own shutdown gets this long before the exit is forced
+
+
+def pause_deployment(params: Params) -> None:
+    """Pause the served deployment (if registered), so no scheduled runs pile up while nobody serves them."""
+    from prefect.client.orchestration import get_client
+    from prefect.exceptions import ObjectNotFound
+
+    with get_client(sync_client=True) as client, contextlib.suppress(ObjectNotFound):   # never registered
+        client.pause_deployment(client.read_deployment_by_name(f"retrain/{params.retrain.deployment_name}").id)
+
+
 def serve(params: Params, root: Path, params_file: str = "params.yaml", overrides: list[str] | None = None) -> None:
     """Register the deployment and run its schedule in this process until Ctrl-C (Prefect's `serve`)."""
     from prefect import serve as prefect_serve
 
-    from prefect.client.orchestration import get_client
+    from ssl_core.interrupt import install_interrupt_guard
 
     ensure_concurrency_limit(params.retrain.concurrency_tag)
+    install_interrupt_guard(SERVE_GRACE_S, on_force=lambda: pause_deployment(params))
     try:
         prefect_serve(build_deployment(params, root, params_file, overrides))
     finally:
-        # Prefect pauses a served deployment on shutdown only when its runner got far enough; pause it
-        # here too, so no scheduled runs pile up while nobody serves them
-        with get_client(sync_client=True) as client, contextlib.suppress(ObjectNotFound):   # never registered
-            deployment = client.read_deployment_by_name(f"retrain/{params.retrain.deployment_name}")
-            client.pause_deployment(deployment.id)
-
+        # Prefect pauses a served deployment on shutdown only when its runner got far enough
+        pause_deployment(params)
+        print(f"stopped serving retrain/{params.retrain.deployment_name} (deployment paused)", flush=True)
 
 if __name__ == "__main__":
     print(retrain()["markdown"])

@@ -75,18 +75,15 @@ def test_serve_command_registers_the_deployment_and_stops_on_ctrl_c(prefect_harn
         assert dep.parameters["root"] == str(tmp_path.resolve())
         assert proc.poll() is None   # serving: it blocks until interrupted
         proc.send_signal(signal.SIGINT)
-        try:
-            out, _ = proc.communicate(timeout=60)
-        except subprocess.TimeoutExpired:
-            # Seen on a busy 2-core box: serve kept running after the first Ctrl-C. A user presses Ctrl-C
-            # again; that must stop it cleanly and leave the deployment paused.
-            proc.send_signal(signal.SIGINT)
-            out, _ = proc.communicate(timeout=120)
+        # Prefect's own shutdown, or the forced exit SERVE_GRACE_S later (seen: Prefect's shutdown
+        # hanging on a busy 2-core box): either way it ends and the deployment is paused.
+        out, _ = proc.communicate(timeout=DEPLOY_WAIT_S)
     finally:
         if proc.poll() is None:
             proc.kill()
             proc.communicate()
     assert "serving deployment retrain/serve-test" in out
+    assert proc.returncode in (0, 130), out[-3000:]
     # Prefect pauses a served deployment when serve shuts down: no runs pile up while nobody serves.
     assert _read_deployment("retrain/serve-test").paused, out[-3000:]
 

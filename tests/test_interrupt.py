@@ -1,0 +1,79 @@
+"""The Ctrl-C guard, in real subprocesses sent real SIGINTs: a clean shutdown stays clean; a shutdown
+that hangs (a non-daemon thread that never ends) is forced after the grace period or at once on a
+second Ctrl-C, and the clean-up hook runs either way."""
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+from fixtures_repo import PROJECT_ROOT
+
+HANG_DETECTOR_S = 60   # not a speed limit: only ends a test whose process would never exit
+
+CHILD = textwrap.dedent("""
+    import sys, threading, time
+    from pathlib import Path
+    from ssl_core.interrupt import install_interrupt_guard
+
+    grace, hang, marker = float(sys.argv[1]), sys.argv[2] == "hang", Path(sys.argv[3])
+    install_interrupt_guard(grace, on_force=lambda: marker.write_text("forced"))
+    if hang:   # a shutdown that never finishes: the interpreter waits for this thread at exit
+        threading.Thread(target=lambda: time.sleep(10_000), daemon=False).start()
+    print("ready", flush=True)
+    try:
+        time.sleep(10_000)
+    except KeyboardInterrupt:
+        print("cleaning up", flush=True)
+""")
+
+
+def _start(tmp_path, grace: float, hang: bool) -> subprocess.Popen:
+    proc = subprocess.Popen([sys.executable, "-c", CHILD, str(grace), "hang" if hang else "clean",
+                             str(tmp_path / "marker")], cwd=PROJECT_ROOT, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+    assert proc.stdout.readline().strip() == "ready"
+    return proc
+
+
+def _finish(proc: subprocess.Popen) -> str:
+    try:
+        out, _ = proc.communicate(timeout=HANG_DETECTOR_S)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        pytest.fail(f"process did not exit: {proc.communicate()[0]}")
+    return out
+
+
+def test_a_clean_shutdown_exits_normally_without_forcing(tmp_path):
+    proc = _start(tmp_path, grace=30, hang=False)
+    proc.send_signal(signal.SIGINT)
+    out = _finish(proc)
+    assert proc.returncode == 0, out
+    assert "cleaning up" in out and "forcing exit" not in out
+    assert not (tmp_path / "marker").exists()
+
+
+def test_a_hung_shutdown_is_forced_after_the_grace_period(tmp_path):
+    proc = _start(tmp_path, grace=1, hang=True)
+    proc.send_signal(signal.SIGINT)
+    out = _finish(proc)
+    assert proc.returncode == 130, out
+    assert "cleaning up" in out   # the normal path ran first
+    assert "still running 1 s after Ctrl-C: forcing exit" in out
+    assert (tmp_path / "marker").read_text() == "forced"
+
+
+def test_a_second_ctrl_c_forces_at_once(tmp_path):
+    proc = _start(tmp_path, grace=3600, hang=True)
+    proc.send_signal(signal.SIGINT)
+    seen = [proc.stdout.readline() for _ in range(2)]   # the first Ctrl-C is handled before the second
+    assert "cleaning up\n" in seen, seen
+    proc.send_signal(signal.SIGINT)
+    out = _finish(proc)
+    assert proc.returncode == 130, out
+    assert "second Ctrl-C: forcing exit" in out
+    assert (tmp_path / "marker").read_text() == "forced"
