@@ -1,11 +1,14 @@
 """Ctrl-C that always ends a long-running serving process.
 
-Prefect's `serve` stops on Ctrl-C by cancelling its asyncio tasks and cleaning up. In full test-suite
-runs on a busy 2-core box that cleanup sometimes never finished, and further Ctrl-Cs did nothing.
-The guard keeps Python's normal path (the first Ctrl-C raises KeyboardInterrupt, cleanup runs) and
-backs it with a deadline: if the process is still alive `grace_s` later, or on a second Ctrl-C, it
-runs `on_force` (e.g. pause the deployment so no runs pile up) and exits with status 130.
-Standard library only.
+Prefect's `serve` stops on Ctrl-C by cancelling its asyncio tasks and cleaning up, and its cleanup
+talks to the Prefect API (pause schedules, cancel runs) through a client that retries: with the API
+slow or gone, Ctrl-C could leave the process waiting for minutes. The guard keeps Python's normal path
+(the first Ctrl-C raises KeyboardInterrupt, cleanup runs) and backs it with a deadline: if the process
+is still alive `grace_s` later, or on a second Ctrl-C, it runs `on_force` (e.g. pause the deployment
+so no runs pile up) and exits with status 130.
+
+A process started with SIGINT ignored (a background job of a non-interactive shell: `cmd &` in a
+script) keeps ignoring it, as Unix tools do; stop such a process with SIGTERM. Standard library only.
 """
 from __future__ import annotations
 
@@ -21,10 +24,13 @@ ON_FORCE_TIMEOUT_S = 15.0   # on_force talks to a server that may be gone: never
 
 def install_interrupt_guard(grace_s: float, on_force: Callable[[], None],
                             say: Callable[[str], None] = lambda text: print(text, file=sys.stderr, flush=True)) -> None:
-    """Replace the SIGINT handler for the rest of this process's life (main thread only).
+    """Replace the SIGINT handler for the rest of this process's life (main thread only); a no-op
+    when SIGINT is ignored.
 
     It is not undone when serving returns: a hang can also come after that, while the interpreter
     waits for non-daemon threads at exit, and the deadline must cover it too."""
+    if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+        return
     forcing = threading.Lock()
     interrupted = threading.Event()
 

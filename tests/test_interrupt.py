@@ -15,7 +15,9 @@ from fixtures_repo import PROJECT_ROOT
 HANG_DETECTOR_S = 60   # not a speed limit: only ends a test whose process would never exit
 
 CHILD = textwrap.dedent("""
-    import sys, threading, time
+    import signal, sys, threading, time
+    # explicit either way: started from a background job, this process would begin with SIGINT ignored
+    signal.signal(signal.SIGINT, signal.default_int_handler if sys.argv[4] == "live" else signal.SIG_IGN)
     from pathlib import Path
     from ssl_core.interrupt import install_interrupt_guard
 
@@ -23,17 +25,17 @@ CHILD = textwrap.dedent("""
     install_interrupt_guard(grace, on_force=lambda: marker.write_text("forced"))
     if hang:   # a shutdown that never finishes: the interpreter waits for this thread at exit
         threading.Thread(target=lambda: time.sleep(10_000), daemon=False).start()
-    print("ready", flush=True)
     try:
+        print("ready", flush=True)
         time.sleep(10_000)
     except KeyboardInterrupt:
         print("cleaning up", flush=True)
 """)
 
 
-def _start(tmp_path, grace: float, hang: bool) -> subprocess.Popen:
+def _start(tmp_path, grace: float, hang: bool, sigint: str = "live") -> subprocess.Popen:
     proc = subprocess.Popen([sys.executable, "-c", CHILD, str(grace), "hang" if hang else "clean",
-                             str(tmp_path / "marker")], cwd=PROJECT_ROOT, stdout=subprocess.PIPE,
+                             str(tmp_path / "marker"), sigint], cwd=PROJECT_ROOT, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True)
     assert proc.stdout.readline().strip() == "ready"
     return proc
@@ -77,3 +79,14 @@ def test_a_second_ctrl_c_forces_at_once(tmp_path):
     assert proc.returncode == 130, out
     assert "second Ctrl-C: forcing exit" in out
     assert (tmp_path / "marker").read_text() == "forced"
+
+
+def test_an_ignored_sigint_stays_ignored(tmp_path):
+    proc = _start(tmp_path, grace=1, hang=False, sigint="ignored")
+    proc.send_signal(signal.SIGINT)
+    with pytest.raises(subprocess.TimeoutExpired):   # past the 1 s grace: neither stopped nor forced
+        proc.wait(timeout=5)
+    proc.terminate()
+    out = _finish(proc)
+    assert proc.returncode == -signal.SIGTERM, out
+    assert "Ctrl-C" not in out and not (tmp_path / "marker").exists()

@@ -18,6 +18,10 @@ from fixtures_repo import PROJECT_ROOT
 from ssl_core.config import load_params
 
 DEPLOY_WAIT_S = 240   # a cold subprocess imports prefect + torch + mlflow: slow on a busy 2-core box
+# `python -m ssl_core` with SIGINT live: when pytest runs as a background job of a script (`make test &`),
+# its children start with SIGINT ignored and Ctrl-C would (rightly) do nothing to them.
+LIVE_SIGINT_MAIN = ("import runpy, signal; signal.signal(signal.SIGINT, signal.default_int_handler); "
+                    "runpy.run_module('ssl_core', run_name='__main__', alter_sys=True)")
 
 
 def _read_deployment(name: str):
@@ -60,7 +64,7 @@ def test_apply_registers_the_cron_schedule_from_params(prefect_harness, tmp_path
 def test_serve_command_registers_the_deployment_and_stops_on_ctrl_c(prefect_harness, tmp_path):
     shutil.copy(PROJECT_ROOT / "params.yaml", tmp_path / "params.yaml")
     # --set values are YAML: a cron starting with "*" needs quotes (else it reads as a YAML alias).
-    cmd = [sys.executable, "-m", "ssl_core", "serve", "--set", "retrain.deployment_name=serve-test",
+    cmd = [sys.executable, "-c", LIVE_SIGINT_MAIN, "serve", "--set", "retrain.deployment_name=serve-test",
            "--set", "retrain.cron='*/30 6-18 * * 1-5'", "--set", "retrain.timezone=America/New_York"]
     proc = subprocess.Popen(cmd, cwd=tmp_path, env=_child_env(), stdin=subprocess.DEVNULL,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
@@ -75,8 +79,7 @@ def test_serve_command_registers_the_deployment_and_stops_on_ctrl_c(prefect_harn
         assert dep.parameters["root"] == str(tmp_path.resolve())
         assert proc.poll() is None   # serving: it blocks until interrupted
         proc.send_signal(signal.SIGINT)
-        # Prefect's own shutdown, or the forced exit SERVE_GRACE_S later (seen: Prefect's shutdown
-        # hanging on a busy 2-core box): either way it ends and the deployment is paused.
+        # Prefect's own shutdown, or the forced exit SERVE_GRACE_S later: either way the deployment is paused.
         out, _ = proc.communicate(timeout=DEPLOY_WAIT_S)
     finally:
         if proc.poll() is None:
