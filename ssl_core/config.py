@@ -106,6 +106,7 @@ class FinetuneParams(_Section):
     finetune_lr: float = Field(0.001, gt=0)
     weight_decay: float = Field(1e-4, ge=0)
     min_steps: int = Field(300, ge=0)
+    head_init: Literal["probe", "random"] = "random"   # fine-tuning's head: a linear probe's (LP-FT) or random
     augment: dict[str, Any] = Field(default_factory=dict)
 
 

@@ -88,6 +88,7 @@ def fit_linear_probe(backbone: nn.Module, train: Split, val: Split, num_classes:
     train_f = extract_features(backbone, train.images, device)
     val_f = extract_features(backbone, val.images, device)
     mean, std = train_f.mean(0, keepdim=True), train_f.std(0, keepdim=True) + 1e-6
+    torch.manual_seed(cfg.seed)   # the head's init: the same probe for the same cfg, whatever ran before
     head = nn.Linear(train_f.shape[1], num_classes)
     gen = torch.Generator().manual_seed(cfg.seed)
     opt = build_optimizer(head, cfg.optimizer, cfg.lr, cfg.weight_decay)
@@ -123,10 +124,15 @@ def fit_linear_probe(backbone: nn.Module, train: Split, val: Split, num_classes:
 
 def fit_classifier(backbone: nn.Module, train: Split, val: Split, num_classes: int, cfg: FitConfig,
                    augment: AugmentConfig, device: torch.device,
-                   on_epoch: Callable[[int, float], None] | None = None) -> tuple[Classifier, dict]:
-    """Train backbone + linear head end to end (fine-tuning, or from scratch with a fresh backbone)."""
+                   on_epoch: Callable[[int, float], None] | None = None,
+                   head: nn.Linear | None = None) -> tuple[Classifier, dict]:
+    """Train backbone + linear head end to end (fine-tuning, or from scratch with a fresh backbone).
+    head: the linear head to start from (LP-FT: a linear probe's); None = a fresh random one."""
     torch.manual_seed(cfg.seed)
-    model = Classifier(copy.deepcopy(backbone), num_classes).to(device)
+    model = Classifier(copy.deepcopy(backbone), num_classes)
+    if head is not None:
+        model.head.load_state_dict(head.state_dict())
+    model = model.to(device)
     opt = build_optimizer(model, cfg.optimizer, cfg.lr, cfg.weight_decay)
     per_epoch, total = _steps(len(train), cfg)
     sched = warmup_cosine(opt, min(per_epoch, total // 10), total)

@@ -65,3 +65,16 @@ def test_fine_tuning_selects_by_validation_and_never_sees_test():
                                identity, torch.device("cpu"))
     assert info["val_accuracy"] == accuracy(clf, val, torch.device("cpu"))
     assert info["val_accuracy"] >= 0.9
+
+
+def test_fine_tuning_starts_from_the_given_head():
+    """LP-FT: with a learning rate too small to move anything, the fine-tuned head is the probe's head,
+    and the probe's accuracy carries over from the first step (a random head starts near chance)."""
+    train, val = separable_split(64, 4), separable_split(32, 5)
+    identity = AugmentConfig(crop_scale=(1.0, 1.0), crop_ratio=(1.0, 1.0), hflip_p=0, jitter_p=0, gray_p=0)
+    probe, _ = fit_linear_probe(Flat(16), train, val, 2, FitConfig(epochs=30, lr=0.05, batch_size=16), torch.device("cpu"))
+    frozen = FitConfig(epochs=1, lr=1e-12, batch_size=16)
+    clf, info = fit_classifier(Flat(16), train, val, 2, frozen, identity, torch.device("cpu"), head=probe.head)
+    assert torch.allclose(clf.head.weight, probe.head.weight) and torch.allclose(clf.head.bias, probe.head.bias)
+    assert info["val_accuracy"] == 1.0
+    assert clf.head is not probe.head   # a copy: training never writes into the probe

@@ -48,15 +48,19 @@ def scratch_encoder(spec: dict, run_seed: int) -> torch.nn.Module:
 def fit_cell(params: Params, protocol: str, encoder: torch.nn.Module, subset: Split, val: Split, num_classes: int,
              augment: AugmentConfig, device: torch.device, run_seed: int) -> tuple[Classifier, dict]:
     """One classifier with finetune's budget: a linear probe on the frozen `encoder` (protocol "linear")
-    or `encoder` trained end to end ("finetune"; from scratch when `encoder` is freshly initialised)."""
+    or `encoder` trained end to end ("finetune"; from scratch when `encoder` is freshly initialised),
+    its head starting from a linear probe's when finetune.head_init is "probe"."""
     f = params.finetune
+    linear = FitConfig(epochs=f.linear_epochs, lr=f.linear_lr, batch_size=f.batch_size,
+                       weight_decay=f.weight_decay, min_steps=f.min_steps, seed=run_seed)
     if protocol == "linear":
-        cfg = FitConfig(epochs=f.linear_epochs, lr=f.linear_lr, batch_size=f.batch_size,
-                        weight_decay=f.weight_decay, min_steps=f.min_steps, seed=run_seed)
-        return fit_linear_probe(encoder, subset, val, num_classes, cfg, device)
+        return fit_linear_probe(encoder, subset, val, num_classes, linear, device)
+    # LP-FT (Kumar et al. 2022): a random head's first large gradients distort the encoder's features;
+    # starting from a linear probe's head does not. Both inits get it, so the comparison stays like for like.
+    head = fit_linear_probe(encoder, subset, val, num_classes, linear, device)[0].head if f.head_init == "probe" else None
     cfg = FitConfig(epochs=f.finetune_epochs, lr=f.finetune_lr, batch_size=f.batch_size,
                     weight_decay=f.weight_decay, min_steps=f.min_steps, seed=run_seed)
-    return fit_classifier(encoder, subset, val, num_classes, cfg, augment, device)
+    return fit_classifier(encoder, subset, val, num_classes, cfg, augment, device, head=head)
 
 
 def load_encoder(root: Path) -> tuple[torch.nn.Module, dict]:
