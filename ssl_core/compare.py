@@ -197,7 +197,7 @@ def pretrain_encoder(mp: Params, ssl: torch.nn.Module, data: Data, device: torch
 
 
 def fit_rows(mp: Params, method: str, protocols: list[str], start: Callable[[int], torch.nn.Module], data: Data,
-             device: torch.device, note: Note) -> list[dict]:
+             device: torch.device, note: Note, pretrained: bool = True) -> list[dict]:
     """Test accuracy of a classifier per (label fraction, seed, protocol); start(run_seed) gives its encoder."""
     augment = AugmentConfig().with_overrides(mp.finetune.augment)
     rows = []
@@ -206,7 +206,7 @@ def fit_rows(mp: Params, method: str, protocols: list[str], start: Callable[[int
             subset, run_seed = data.train.subset(idx), cell_seed(mp, seed)
             for protocol in protocols:
                 model, _ = fit_cell(mp, protocol, start(run_seed), subset, data.val, data.meta["num_classes"],
-                                    augment, device, run_seed)
+                                    augment, device, run_seed, pretrained)
                 acc = accuracy(model.to(device), data.test, device)
                 note(f"compare {method}/{protocol}: fraction {frac} seed {seed} ({len(subset)} labels) test acc {acc:.4f}")
                 rows.append({"method": method, "protocol": protocol, "label_fraction": float(frac),
@@ -246,7 +246,7 @@ def run_baseline(params: Params, root: Path, kind: str, backbones: list[str], no
                 found += fit_rows(params, kind, ["linear"], lambda seed: encoder, data, device, note)
             else:
                 found = fit_rows(params, kind, ["finetune"], lambda seed: scratch_encoder(spec, seed), data, device,
-                                 note)
+                                 note, pretrained=False)
             rows += finish_rows(found, backbone, 0.0)
     return rows
 
