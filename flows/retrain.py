@@ -164,5 +164,6 @@ def serve(params: Params, root: Path, params_file: str = "params.yaml", override
         pause_deployment(params)
         print(f"stopped serving retrain/{params.retrain.deployment_name} (deployment paused)", flush=True)
 
+
 if __name__ == "__main__":
     print(retrain()["markdown"])
