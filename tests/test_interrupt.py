@@ -33,12 +33,24 @@ CHILD = textwrap.dedent("""
 """)
 
 
-def _start(tmp_path, grace: float, hang: bool, sigint: str = "live") -> subprocess.Popen:
-    proc = subprocess.Popen([sys.executable, "-c", CHILD, str(grace), "hang" if hang else "clean",
-                             str(tmp_path / "marker"), sigint], cwd=PROJECT_ROOT, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True)
-    assert proc.stdout.readline().strip() == "ready"
-    return proc
+@pytest.fixture
+def start(tmp_path):
+    """start(grace, hang, sigint) -> a ready child; any still running at teardown (a failed test) is killed."""
+    procs: list[subprocess.Popen] = []
+
+    def _start(grace: float, hang: bool, sigint: str = "live") -> subprocess.Popen:
+        proc = subprocess.Popen([sys.executable, "-c", CHILD, str(grace), "hang" if hang else "clean",
+                                 str(tmp_path / "marker"), sigint], cwd=PROJECT_ROOT, stdout=subprocess.PIPE,
+                                stderr=subprocess.STDOUT, text=True)
+        procs.append(proc)
+        assert proc.stdout.readline().strip() == "ready"
+        return proc
+
+    yield _start
+    for proc in procs:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
 
 
 def _finish(proc: subprocess.Popen) -> str:
@@ -50,8 +62,8 @@ def _finish(proc: subprocess.Popen) -> str:
     return out
 
 
-def test_a_clean_shutdown_exits_normally_without_forcing(tmp_path):
-    proc = _start(tmp_path, grace=30, hang=False)
+def test_a_clean_shutdown_exits_normally_without_forcing(tmp_path, start):
+    proc = start(grace=30, hang=False)
     proc.send_signal(signal.SIGINT)
     out = _finish(proc)
     assert proc.returncode == 0, out
@@ -59,8 +71,8 @@ def test_a_clean_shutdown_exits_normally_without_forcing(tmp_path):
     assert not (tmp_path / "marker").exists()
 
 
-def test_a_hung_shutdown_is_forced_after_the_grace_period(tmp_path):
-    proc = _start(tmp_path, grace=1, hang=True)
+def test_a_hung_shutdown_is_forced_after_the_grace_period(tmp_path, start):
+    proc = start(grace=1, hang=True)
     proc.send_signal(signal.SIGINT)
     out = _finish(proc)
     assert proc.returncode == 130, out
@@ -69,8 +81,8 @@ def test_a_hung_shutdown_is_forced_after_the_grace_period(tmp_path):
     assert (tmp_path / "marker").read_text() == "forced"
 
 
-def test_a_second_ctrl_c_forces_at_once(tmp_path):
-    proc = _start(tmp_path, grace=3600, hang=True)
+def test_a_second_ctrl_c_forces_at_once(tmp_path, start):
+    proc = start(grace=3600, hang=True)
     proc.send_signal(signal.SIGINT)
     seen = [proc.stdout.readline() for _ in range(2)]   # the first Ctrl-C is handled before the second
     assert "cleaning up\n" in seen, seen
@@ -81,8 +93,8 @@ def test_a_second_ctrl_c_forces_at_once(tmp_path):
     assert (tmp_path / "marker").read_text() == "forced"
 
 
-def test_an_ignored_sigint_stays_ignored(tmp_path):
-    proc = _start(tmp_path, grace=1, hang=False, sigint="ignored")
+def test_an_ignored_sigint_stays_ignored(tmp_path, start):
+    proc = start(grace=1, hang=False, sigint="ignored")
     proc.send_signal(signal.SIGINT)
     with pytest.raises(subprocess.TimeoutExpired):   # past the 1 s grace: neither stopped nor forced
         proc.wait(timeout=5)
