@@ -10,6 +10,7 @@ import os
 import sys
 from pathlib import Path
 
+from ssl_core.interrupt import EXIT_INTERRUPTED, EXIT_TERMINATED, Terminated, terminate_like_interrupt
 from ssl_core.progress import log, setup_logging
 
 STAGE_NAMES = ("prepare", "pretrain", "finetune", "evaluate")
@@ -188,11 +189,15 @@ def main(argv: list[str] | None = None) -> int:
     quiet_library_warnings()
     args = build_parser().parse_args(argv)
     setup_logging(args.debug)
+    terminate_like_interrupt()
     try:
         return args.func(args) or 0
+    except Terminated:
+        print("terminated", file=sys.stderr)
+        return EXIT_TERMINATED
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
-        return 130
+        return EXIT_INTERRUPTED
     except Exception as err:  # noqa: BLE001 - one clear sentence instead of traceback soup
         if args.debug:
             raise

@@ -1,4 +1,4 @@
-"""Ctrl-C that always ends a long-running serving process.
+"""Ctrl-C that always ends a long-running serving process, and SIGTERM that cleans up like Ctrl-C.
 
 Prefect's `serve` stops on Ctrl-C by cancelling its asyncio tasks and cleaning up, and its cleanup
 talks to the Prefect API (pause schedules, cancel runs) through a client that retries: with the API
@@ -19,6 +19,11 @@ import threading
 from typing import Callable
 
 EXIT_INTERRUPTED = 130      # what a shell reports for a process ended by SIGINT
+EXIT_TERMINATED = 143       # ... and by SIGTERM
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, turned into the same unwinding as Ctrl-C (see `terminate_like_interrupt`)."""
 ON_FORCE_TIMEOUT_S = 15.0   # on_force talks to a server that may be gone: never wait for it forever
 
 
@@ -68,3 +73,17 @@ def _run_quietly(fn: Callable[[], None], say: Callable[[str], None]) -> None:
         fn()
     except Exception as err:   # the exit must happen whatever the clean-up step does
         say(f"while forcing exit: {type(err).__name__}: {err}")
+
+
+def terminate_like_interrupt() -> None:
+    """Make SIGTERM unwind the main thread like Ctrl-C does: `finally` blocks and atexit hooks run, so
+    child servers (Prefect's temporary API server is stopped by an atexit hook) and temporarily
+    rewritten files are cleaned up. By default SIGTERM ends Python at once and orphans them.
+    An inherited SIG_IGN is kept. Main thread only."""
+    if signal.getsignal(signal.SIGTERM) is signal.SIG_IGN:
+        return
+
+    def on_sigterm(signum, frame) -> None:
+        raise Terminated
+
+    signal.signal(signal.SIGTERM, on_sigterm)

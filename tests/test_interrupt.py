@@ -102,3 +102,47 @@ def test_an_ignored_sigint_stays_ignored(tmp_path, start):
     out = _finish(proc)
     assert proc.returncode == -signal.SIGTERM, out
     assert "Ctrl-C" not in out and not (tmp_path / "marker").exists()
+
+
+CLI_CHILD = textwrap.dedent("""
+    import argparse, atexit, sys, time
+    from pathlib import Path
+    from ssl_core import cli
+
+    out = Path(sys.argv[1])
+    atexit.register(lambda: out.with_suffix(".atexit").write_text("ran"))   # how Prefect stops its server
+
+    def hold(args):   # a command that runs until stopped
+        try:
+            print("ready", flush=True)
+            time.sleep(10_000)
+        finally:
+            out.with_suffix(".finally").write_text("ran")
+
+    build = cli.build_parser
+    def build_with_hold():
+        parser = build()
+        sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+        sub.add_parser("hold").set_defaults(func=hold, debug=False)
+        return parser
+    cli.build_parser = build_with_hold
+    sys.exit(cli.main(["hold"]))
+""")
+
+
+def test_sigterm_unwinds_a_cli_command_like_ctrl_c(tmp_path):
+    """Without the handler SIGTERM ends Python at once: no finally, no atexit, and `ssl-pipeline run`
+    or `compare` would orphan Prefect's temporary API server."""
+    proc = subprocess.Popen([sys.executable, "-c", CLI_CHILD, str(tmp_path / "marker")], cwd=PROJECT_ROOT,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        assert proc.stdout.readline().strip() == "ready"
+        proc.terminate()
+        out = _finish(proc)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 143, out
+    assert "terminated" in out
+    assert (tmp_path / "marker.finally").read_text() == "ran"
+    assert (tmp_path / "marker.atexit").read_text() == "ran"
