@@ -24,7 +24,7 @@ from ssl_core import tracking
 from ssl_core.augment import AugmentConfig
 from ssl_core.config import Params, compare_backbone, validate
 from ssl_core.data.cache import Split, load_fractions, load_meta, load_split
-from ssl_core.evaluation import accuracy
+from ssl_core.evaluation import accuracy, effective_rank, extract_features
 from ssl_core.methods import get_method_class
 from ssl_core.progress import log
 from ssl_core.stages.common import dataset_infos, setup_torch
@@ -165,19 +165,20 @@ def run_method(params: Params, root: Path, method: str, note: Note = log.info) -
         mlflow.set_tags({"compare.method": method, "compare.backbone": mp.pretrain.backbone})
         ssl = build_method(mp, data.meta)
         mlflow.log_params({f"method_params.{k}": str(v)[:6000] for k, v in ssl.describe().items() if k != "method"})
-        encoder, seconds = pretrain_encoder(mp, ssl, data, device, checkpointer, run.info.run_id, note)
-        mlflow.log_metric("pretrain_seconds", seconds)
+        encoder, seconds, rank = pretrain_encoder(mp, ssl, data, device, checkpointer, run.info.run_id, note)
+        mlflow.log_metrics({"pretrain_seconds": seconds, "feature_rank": rank})
         rows = knn_rows(method, encoder.to(device), data.train, data.test, data.fractions, data.meta["num_classes"],
                         mp.evaluate.knn_k, device, init="ssl")
         rows += fit_rows(mp, method, list(mp.finetune.protocols), lambda seed: encoder, data, device, note)
-        rows = finish_rows(rows, mp.pretrain.backbone, seconds)
+        rows = finish_rows(rows, mp.pretrain.backbone, seconds, rank)
     checkpointer.clear()   # only once everything is evaluated and logged: a failed attempt resumes
     return rows
 
 
 def pretrain_encoder(mp: Params, ssl: torch.nn.Module, data: Data, device: torch.device, checkpointer, run_id: str,
-                     note: Note) -> tuple[torch.nn.Module, float]:
-    """The pretrain stage's loop, kNN monitor and per-epoch MLflow metrics; returns (encoder, seconds)."""
+                     note: Note) -> tuple[torch.nn.Module, float, float]:
+    """The pretrain stage's loop, kNN monitor and per-epoch MLflow metrics.
+    Returns (encoder, seconds, the val features' effective rank after the last epoch)."""
     p = mp.pretrain
     resume = checkpointer.resume_info()
     tracking.link_resumed_run(resume and resume.get("run_id"), resume["global_step"] if resume else 0)
@@ -193,7 +194,7 @@ def pretrain_encoder(mp: Params, ssl: torch.nn.Module, data: Data, device: torch
     history = pretrain(ssl, data.unlabeled.images, train_config(mp, len(data.unlabeled), device),
                        on_epoch_end=on_epoch_end, checkpointer=checkpointer,
                        progress=lambda line: log.info("compare %s: %s", p.method, line))
-    return ssl.backbone.eval(), float(sum(h["seconds"] for h in history))
+    return ssl.backbone.eval(), float(sum(h["seconds"] for h in history)), history[-1]["feature_rank"]
 
 
 def fit_rows(mp: Params, method: str, protocols: list[str], start: Callable[[int], torch.nn.Module], data: Data,
@@ -214,13 +215,13 @@ def fit_rows(mp: Params, method: str, protocols: list[str], start: Callable[[int
     return rows
 
 
-def finish_rows(rows: list[dict], backbone: str, seconds: float) -> list[dict]:
-    """Add backbone, pretraining time and status; log each accuracy to the active (child) run."""
+def finish_rows(rows: list[dict], backbone: str, seconds: float, feature_rank: float | None) -> list[dict]:
+    """Add backbone, pretraining time, feature rank and status; log each accuracy to the active (child) run."""
     out = []
     for r in rows:
         row = {"method": r["method"], "backbone": backbone, "protocol": r["protocol"],
                "label_fraction": r["label_fraction"], "seed": r["seed"], "accuracy": r["accuracy"],
-               "pretrain_seconds": seconds, "status": OK}
+               "pretrain_seconds": seconds, "feature_rank": feature_rank, "status": OK}
         mlflow.log_metric(f"test_accuracy.{backbone}.{r['protocol']}.{r['label_fraction']:g}.{r['seed']}", r["accuracy"])
         out.append(row)
     return out
@@ -238,16 +239,18 @@ def run_baseline(params: Params, root: Path, kind: str, backbones: list[str], no
         mlflow.set_tags({"compare.method": kind, "compare.backbone": ",".join(backbones)})
         for backbone in backbones:
             spec = {**encoder_spec(params, data.meta), "backbone": backbone, "method": kind}
+            rank = None
             if kind == "random":
                 torch.manual_seed(params.seed)   # the evaluate stage's random encoder
                 encoder = build_encoder(spec).to(device)
                 found = knn_rows(kind, encoder, data.train, data.test, data.fractions, data.meta["num_classes"],
                                  params.evaluate.knn_k, device, init="scratch")
                 found += fit_rows(params, kind, ["linear"], lambda seed: encoder, data, device, note)
+                rank = effective_rank(extract_features(encoder, data.val.images, device))
             else:
                 found = fit_rows(params, kind, ["finetune"], lambda seed: scratch_encoder(spec, seed), data, device,
                                  note, pretrained=False)
-            rows += finish_rows(found, backbone, 0.0)
+            rows += finish_rows(found, backbone, 0.0, rank)
     return rows
 
 

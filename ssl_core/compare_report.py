@@ -10,7 +10,8 @@ import pandas as pd
 CSV_NAME = "method_comparison.csv"
 PNG_NAME = "method_comparison.png"
 MD_NAME = "method_comparison.md"
-COLUMNS = ["method", "backbone", "protocol", "label_fraction", "seed", "accuracy", "pretrain_seconds", "status"]
+COLUMNS = ["method", "backbone", "protocol", "label_fraction", "seed", "accuracy", "pretrain_seconds", "feature_rank",
+           "status"]
 PROTOCOL_TITLES = {"knn": "kNN on frozen features", "linear": "linear probe", "finetune": "fine-tuning"}
 BASELINE_STYLE = {"random": ("tab:gray", ":"), "scratch": ("black", "--")}
 
@@ -35,16 +36,19 @@ def _cell(acc: pd.Series) -> str:
 
 def markdown(table: pd.DataFrame) -> str:
     """Mean (min-max over seeds) test accuracy per method/backbone/protocol and label fraction,
-    then every method that was skipped or failed, with the reason."""
+    then every method that was skipped or failed, with the reason. Feature rank: the effective rank of
+    the encoder's validation features (RankMe), low when a method's features collapsed onto few directions."""
     ok = table[table.status == "ok"]
     fractions = sorted(ok["label_fraction"].dropna().unique())
-    lines = ["| method | backbone | protocol | pretrain s | " + " | ".join(f"{f:.0%} labels" for f in fractions) + " |",
-             "|" + "---|" * (4 + len(fractions))]
+    lines = ["| method | backbone | protocol | pretrain s | feature rank | "
+             + " | ".join(f"{f:.0%} labels" for f in fractions) + " |",
+             "|" + "---|" * (5 + len(fractions))]
     for (method, backbone, protocol), group in ok.groupby(["method", "backbone", "protocol"], sort=False):
         cells = [_cell(group[group.label_fraction == f]["accuracy"]) if (group.label_fraction == f).any() else "-"
                  for f in fractions]
-        seconds = group["pretrain_seconds"].iloc[0]
-        lines.append(f"| {method} | {backbone} | {protocol} | {seconds:.0f} | " + " | ".join(cells) + " |")
+        seconds, rank = group["pretrain_seconds"].iloc[0], group["feature_rank"].iloc[0]
+        rank_text = "-" if pd.isna(rank) else f"{rank:.1f}"
+        lines.append(f"| {method} | {backbone} | {protocol} | {seconds:.0f} | {rank_text} | " + " | ".join(cells) + " |")
     others = table[table.status != "ok"]
     if len(others):
         lines += ["", "Not compared:"]

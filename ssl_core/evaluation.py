@@ -32,6 +32,19 @@ def extract_features(backbone: nn.Module, images_u8: torch.Tensor, device: torch
     return torch.cat(out) if out else torch.zeros(0, getattr(backbone, "out_dim", 0))
 
 
+def effective_rank(features: torch.Tensor) -> float:
+    """RankMe (Garrido et al. 2023): exp of the entropy of the normalised singular values of the
+    centred feature matrix [N, D]. D for features that use every direction equally, 1 for a single one.
+    A label-free collapse detector: a non-contrastive method whose features shrink onto a few
+    directions (dimensional collapse) shows it here while its loss still looks fine."""
+    if features.shape[0] < 2:
+        return float("nan")
+    singular = torch.linalg.svdvals((features - features.mean(0)).double())
+    p = singular / singular.sum().clamp_min(1e-12)
+    p = p[p > 0]
+    return float(torch.exp(-(p * p.log()).sum()))
+
+
 def knn_predict(train_f: torch.Tensor, train_y: torch.Tensor, test_f: torch.Tensor, num_classes: int,
                 k: int = 20, temperature: float = 0.07, chunk: int = 1024) -> torch.Tensor:
     """Weighted kNN on cosine similarity (Wu et al. 2018): votes weighted by exp(sim / T)."""

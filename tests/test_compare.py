@@ -85,6 +85,9 @@ def test_csv_has_every_method_protocol_fraction_and_seed_plus_baselines(colour_r
     assert got == want and len(table) == len(want)
     assert (table[table.method.isin(COLOUR_METHODS)].pretrain_seconds > 0).all()
     assert (table[table.method.isin(["random", "scratch"])].pretrain_seconds == 0).all()
+    # every encoder kNN/probes read has its features' effective rank; a scratch classifier has no such encoder
+    assert table[table.method != "scratch"].feature_rank.between(1, 512).all()
+    assert table[table.method == "scratch"].feature_rank.isna().all()
     assert (root / "reports/method_comparison.png").stat().st_size > 5000
     assert "| simclr | resnet_narrow | knn |" in result["markdown"]
     assert result["failed"] == [] and result["skipped"] == []

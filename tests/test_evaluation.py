@@ -7,7 +7,7 @@ from torch import nn
 
 from ssl_core.augment import AugmentConfig
 from ssl_core.data.cache import Split
-from ssl_core.evaluation import FitConfig, accuracy, fit_classifier, fit_linear_probe, knn_predict
+from ssl_core.evaluation import FitConfig, accuracy, effective_rank, fit_classifier, fit_linear_probe, knn_predict
 
 
 def reference_knn(train_f, train_y, test_f, num_classes, k, t):
@@ -78,3 +78,19 @@ def test_fine_tuning_starts_from_the_given_head():
     assert torch.allclose(clf.head.weight, probe.head.weight) and torch.allclose(clf.head.bias, probe.head.bias)
     assert info["val_accuracy"] == 1.0
     assert clf.head is not probe.head   # a copy: training never writes into the probe
+
+
+def test_effective_rank_counts_the_directions_features_use():
+    gen = torch.Generator().manual_seed(0)
+    basis = torch.linalg.qr(torch.randn(64, 64, generator=gen))[0]
+    # centred, equal variance along 16 orthogonal directions: rank 16, whatever the rotation or the offset
+    signs = torch.tensor([1.0, -1.0]).repeat(8)
+    equal = torch.cat([torch.diag(signs), -torch.diag(signs)]) @ basis[:16] + 5.0
+    assert abs(effective_rank(equal) - 16) < 1e-6
+    line = torch.randn(200, 1, generator=gen) * torch.randn(1, 64, generator=gen)   # one direction only
+    assert abs(effective_rank(line) - 1) < 1e-4
+    # the closed form for singular values s: exp(-sum p log p), p = s / sum(s)
+    x = torch.randn(300, 8, generator=gen) * torch.tensor([8.0, 4, 2, 1, 1, 1, 0.5, 0.1])
+    s = torch.linalg.svdvals((x - x.mean(0)).double())
+    p = s / s.sum()
+    assert abs(effective_rank(x) - float(torch.exp(-(p * p.log()).sum()))) < 1e-9

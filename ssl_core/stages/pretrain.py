@@ -15,7 +15,7 @@ import torch
 from ssl_core import distributed as dist_utils
 from ssl_core.config import Params
 from ssl_core.data.cache import atomic_torch_save, load_meta, load_split
-from ssl_core.evaluation import knn_accuracy
+from ssl_core.evaluation import effective_rank, extract_features, knn_accuracy
 from ssl_core.methods import get_method_class
 from ssl_core.models import build_backbone
 from ssl_core.progress import log
@@ -176,13 +176,15 @@ def run(params: Params, root: Path = Path(".")) -> dict:
         atomic_torch_save(backbone.state_dict(), root / ENCODER_PT)
         final = history[-1] if history else {}
         metrics = {"loss": final.get("loss"), "knn_accuracy": final.get("knn_accuracy"),
+                   "feature_rank": final.get("feature_rank"),
                    "epochs": p.epochs, "seconds": sum(h["seconds"] for h in history)}
         model_uri = log_encoder_model(backbone, spec)
         write_json(root / ENCODER_JSON, {**spec, "run_id": run.info.run_id, "model_uri": model_uri})
         write_json(root / METRICS_JSON, metrics)
         (root / CURVE_CSV).parent.mkdir(parents=True, exist_ok=True)
-        curve = [{k: h.get(k) for k in ("epoch", "loss", "knn_accuracy")} for h in history]
-        pd.DataFrame(curve, columns=["epoch", "loss", "knn_accuracy"]).to_csv(root / CURVE_CSV, index=False)
+        columns = ["epoch", "loss", "knn_accuracy", "feature_rank"]
+        curve = [{k: h.get(k) for k in columns} for h in history]
+        pd.DataFrame(curve, columns=columns).to_csv(root / CURVE_CSV, index=False)
         tracking.mlflow.log_artifact(str(root / CURVE_CSV), artifact_path="plots")
     checkpointer.clear()
     return metrics
@@ -190,22 +192,25 @@ def run(params: Params, root: Path = Path(".")) -> dict:
 
 def monitor_knn(p, epoch: int, metrics: dict, method: torch.nn.Module, train, val, num_classes: int,
                 device: torch.device) -> None:
-    """kNN monitor (labeled train -> val) every pretrain.knn_every epochs and after the last one.
+    """kNN monitor (labeled train -> val) and the val features' effective rank, every
+    pretrain.knn_every epochs and after the last one.
 
     It is skipped in between because for cheap steps (MAE) it costs more than the epoch itself."""
     due = epoch == p.epochs or (p.knn_every > 0 and epoch % p.knn_every == 0)
     metrics["knn_accuracy"] = knn_accuracy(method.backbone, train, val, num_classes, device, p.knn_k) if due else None
+    metrics["feature_rank"] = effective_rank(extract_features(method.backbone, val.images, device)) if due else None
     method.train()
 
 
 def epoch_line(p, epoch: int, metrics: dict) -> str:
     knn = metrics.get("knn_accuracy")
-    knn_text = f" knn(val) {knn:.4f}" if knn is not None else ""
+    knn_text = f" knn(val) {knn:.4f} feature rank {metrics['feature_rank']:.1f}" if knn is not None else ""
     return f"epoch {epoch}/{p.epochs} loss {metrics['loss']:.4f}{knn_text} ({metrics['seconds']:.1f}s)"
 
 
 def epoch_metrics(metrics: dict) -> dict[str, float]:
-    logged = {"loss": metrics["loss"], "knn_accuracy": metrics.get("knn_accuracy"), "lr": metrics["lr"],
+    logged = {"loss": metrics["loss"], "knn_accuracy": metrics.get("knn_accuracy"),
+              "feature_rank": metrics.get("feature_rank"), "lr": metrics["lr"],
               "epoch_seconds": metrics["seconds"]}
     return {k: v for k, v in logged.items() if v is not None}
 

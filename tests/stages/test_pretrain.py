@@ -23,7 +23,10 @@ def test_knn_monitor_runs_every_n_epochs_and_after_the_last(tmp_path, mlflow_uri
     assert curve["loss"].notna().all()
     assert curve["knn_accuracy"].isna().tolist() == [True, False, False]
     assert metrics["knn_accuracy"] == pytest.approx(curve["knn_accuracy"].iloc[-1])
+    assert curve["feature_rank"].isna().tolist() == [True, False, False]   # measured with the kNN monitor
+    assert 1 <= metrics["feature_rank"] == pytest.approx(curve["feature_rank"].iloc[-1])
     client = MlflowClient(mlflow_uri)
     run_id = client.search_runs([client.get_experiment_by_name(params.tracking.experiment).experiment_id])[0].info.run_id
     assert sorted(m.step for m in client.get_metric_history(run_id, "knn_accuracy")) == [2, 3]
+    assert sorted(m.step for m in client.get_metric_history(run_id, "feature_rank")) == [2, 3]
     assert sorted(m.step for m in client.get_metric_history(run_id, "loss")) == [1, 2, 3]
