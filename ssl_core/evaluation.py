@@ -63,10 +63,16 @@ def knn_predict(train_f: torch.Tensor, train_y: torch.Tensor, test_f: torch.Tens
 
 def knn_accuracy(backbone: nn.Module, train: Split, test: Split, num_classes: int, device: torch.device,
                  k: int = 20) -> float:
+    return knn_accuracy_and_rank(backbone, train, test, num_classes, device, k)[0]
+
+
+def knn_accuracy_and_rank(backbone: nn.Module, train: Split, test: Split, num_classes: int, device: torch.device,
+                          k: int = 20) -> tuple[float, float]:
+    """kNN accuracy (train -> test) and the effective rank of the test features, from one feature pass."""
     train_f = extract_features(backbone, train.images, device)
     test_f = extract_features(backbone, test.images, device)
     pred = knn_predict(train_f, train.labels, test_f, num_classes, k)
-    return (pred == test.labels).float().mean().item()
+    return (pred == test.labels).float().mean().item(), effective_rank(test_f)
 
 
 @dataclass

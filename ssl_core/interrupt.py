@@ -20,11 +20,11 @@ from typing import Callable
 
 EXIT_INTERRUPTED = 130      # what a shell reports for a process ended by SIGINT
 EXIT_TERMINATED = 143       # ... and by SIGTERM
+ON_FORCE_TIMEOUT_S = 15.0   # on_force talks to a server that may be gone: never wait for it forever
 
 
 class Terminated(KeyboardInterrupt):
     """SIGTERM, turned into the same unwinding as Ctrl-C (see `terminate_like_interrupt`)."""
-ON_FORCE_TIMEOUT_S = 15.0   # on_force talks to a server that may be gone: never wait for it forever
 
 
 def install_interrupt_guard(grace_s: float, on_force: Callable[[], None],

@@ -15,7 +15,7 @@ import torch
 from ssl_core import distributed as dist_utils
 from ssl_core.config import Params
 from ssl_core.data.cache import atomic_torch_save, load_meta, load_split
-from ssl_core.evaluation import effective_rank, extract_features, knn_accuracy
+from ssl_core.evaluation import knn_accuracy_and_rank
 from ssl_core.methods import get_method_class
 from ssl_core.models import build_backbone
 from ssl_core.progress import log
@@ -197,8 +197,8 @@ def monitor_knn(p, epoch: int, metrics: dict, method: torch.nn.Module, train, va
 
     It is skipped in between because for cheap steps (MAE) it costs more than the epoch itself."""
     due = epoch == p.epochs or (p.knn_every > 0 and epoch % p.knn_every == 0)
-    metrics["knn_accuracy"] = knn_accuracy(method.backbone, train, val, num_classes, device, p.knn_k) if due else None
-    metrics["feature_rank"] = effective_rank(extract_features(method.backbone, val.images, device)) if due else None
+    metrics["knn_accuracy"], metrics["feature_rank"] = (
+        knn_accuracy_and_rank(method.backbone, train, val, num_classes, device, p.knn_k) if due else (None, None))
     method.train()
 
 
