@@ -45,7 +45,7 @@ def compare_baseline(params: Params, root: Path, kind: str, backbones: list[str]
 
 @task(name="publish-report")
 def publish_report(params: Params, rows: list[dict], order: list[str], out_dir: Path, parent_run_id: str) -> dict:
-    title = (f"SSL methods on the same data, {logic.budget_text(params)} pretraining epochs each "
+    title = (f"SSL methods on the same data, pretraining {logic.budget_text(params)} "
              f"(test accuracy, band = min-max over seeds)")
     result = report.write(rows, order, out_dir, title)
     report.log_to_run(parent_run_id, result)

@@ -67,11 +67,16 @@ def budget(params: Params, method: str | None = None) -> int:
 
 
 def budget_text(params: Params) -> str:
-    """'30' or '30 (mae: 100)': the epochs the report title and the parent run's tag show."""
+    """'30 epochs at batch 64 (mae: 100 epochs, batch 256)': the pretraining budget the report title
+    and the parent run's tag show, with each method's own epochs and batch size."""
     c = params.compare
-    own = {} if c.epochs else {m: e for m, e in c.method_epochs.items() if m in c.methods}
-    extra = ", ".join(f"{m}: {e}" for m, e in sorted(own.items()))
-    return f"{budget(params)}" + (f" ({extra})" if extra else "")
+    own = []
+    for m in c.methods:
+        parts = [f"{c.method_epochs[m]} epochs"] if not c.epochs and m in c.method_epochs else []
+        parts += [f"batch {c.method_batch_size[m]}"] if m in c.method_batch_size else []
+        own += [f"{m}: {', '.join(parts)}"] if parts else []
+    text = f"{budget(params)} epochs at batch {params.pretrain.batch_size}"
+    return text + (f" ({'; '.join(own)})" if own else "")
 
 
 def method_knobs(params: Params, method: str) -> dict:
@@ -85,7 +90,8 @@ def params_for(params: Params, method: str) -> Params:
     """The params the pipeline would run with pretrain.method = `method` under the comparison's budget."""
     raw = params.model_dump(mode="json")
     raw["pretrain"].update(method=method, backbone=compare_backbone(params, method), epochs=budget(params, method),
-                           method_params=method_knobs(params, method))
+                           method_params=method_knobs(params, method),
+                           batch_size=params.compare.method_batch_size.get(method, params.pretrain.batch_size))
     return validate(raw)
 
 

@@ -142,6 +142,7 @@ class CompareParams(_Section):
     methods: list[str] = Field(default_factory=lambda: list(COMPARE_METHODS), min_length=1)
     epochs: int = Field(0, ge=0)                                # pretraining epochs per method; 0 = pretrain.epochs
     method_epochs: dict[str, int] = Field(default_factory=dict)  # per-method epochs when epochs is 0 (MAE needs ~100)
+    method_batch_size: dict[str, int] = Field(default_factory=dict)  # per-method pretrain.batch_size (MAE: 256)
     backbones: dict[str, str] = Field(default_factory=dict)     # per-method backbone; see compare_backbone()
     method_params: dict[str, dict[str, Any]] = Field(default_factory=dict)   # per-method knobs (else its defaults)
 
@@ -225,14 +226,16 @@ def _check_compare(params: "Params") -> None:
 
     c = params.compare
     for key, names in (("compare.methods", c.methods), ("compare.backbones", list(c.backbones)),
-                       ("compare.method_params", list(c.method_params)), ("compare.method_epochs", list(c.method_epochs))):
+                       ("compare.method_params", list(c.method_params)), ("compare.method_epochs", list(c.method_epochs)),
+                       ("compare.method_batch_size", list(c.method_batch_size))):
         for name in names:
             if name not in method_names():
                 raise ValueError(f"{key}: unknown method {name!r}; allowed: {', '.join(method_names())} "
                                  "(the random and scratch baselines are always included)")
-    for name, epochs in c.method_epochs.items():
-        if epochs < 1:
-            raise ValueError(f"compare.method_epochs.{name}: must be >= 1, got {epochs}")
+    for key, counts in (("method_epochs", c.method_epochs), ("method_batch_size", c.method_batch_size)):
+        for name, n in counts.items():
+            if n < 1:
+                raise ValueError(f"compare.{key}.{name}: must be >= 1, got {n}")
     twice = sorted({m for m in c.methods if c.methods.count(m) > 1})
     if twice:
         raise ValueError(f"compare.methods: {', '.join(twice)} listed more than once")

@@ -170,7 +170,8 @@ def test_per_method_params_budget_backbone_and_knobs(tmp_path):
     from ssl_core import compare as logic
     from workspace import write_params
 
-    write_params(tmp_path, {"pretrain.epochs": 7, "pretrain.method": "moco", "pretrain.method_params": {"version": "v3"}})
+    write_params(tmp_path, {"pretrain.epochs": 7, "pretrain.method": "moco", "pretrain.method_params": {"version": "v3"},
+                            "compare.method_batch_size": {}})
     params = load_params(tmp_path / "params.yaml", ["compare.epochs=2", "compare.method_params={byol: {base_momentum: 0.9}}"])
     mae, moco, byol = (logic.params_for(params, m).pretrain for m in ("mae", "moco", "byol"))
     assert (mae.backbone, mae.epochs, mae.method_params) == ("vit_tiny", 2, {})
@@ -179,9 +180,18 @@ def test_per_method_params_budget_backbone_and_knobs(tmp_path):
     assert logic.params_for(load_params(tmp_path / "params.yaml"), "simclr").pretrain.epochs == 7
     own = load_params(tmp_path / "params.yaml", ["compare.method_epochs={mae: 40}"])
     assert [logic.params_for(own, m).pretrain.epochs for m in ("mae", "simclr")] == [40, 7]
-    assert logic.budget_text(own) == "7 (mae: 40)" and logic.budget_text(params) == "2"   # compare.epochs wins
+    batch = params.pretrain.batch_size
+    assert logic.budget_text(own) == f"7 epochs at batch {batch} (mae: 40 epochs)"
+    assert logic.budget_text(params) == f"2 epochs at batch {batch}"   # compare.epochs wins
     with pytest.raises(ConfigError, match=r"compare\.method_epochs\.mae: must be >= 1"):
         load_params(tmp_path / "params.yaml", ["compare.method_epochs={mae: 0}"])
+    sized = load_params(tmp_path / "params.yaml", ["compare.method_batch_size={mae: 256}"])
+    assert [logic.params_for(sized, m).pretrain.batch_size for m in ("mae", "simclr")] == [256, batch]
+    assert logic.budget_text(sized) == f"7 epochs at batch {batch} (mae: 100 epochs, batch 256)"
+    with pytest.raises(ConfigError, match=r"compare\.method_batch_size\.mae: must be >= 1"):
+        load_params(tmp_path / "params.yaml", ["compare.method_batch_size={mae: 0}"])
+    with pytest.raises(ConfigError, match=r"compare\.method_batch_size: unknown method 'nope'"):
+        load_params(tmp_path / "params.yaml", ["compare.method_batch_size={nope: 32}"])
     entries = logic.plan(params, {"channels": 1})
     assert [e.skip_reason is not None for e in entries] == [m == "colorization" for m in params.compare.methods]
     assert logic.baseline_backbones(params, entries) == sorted({params.pretrain.backbone, "vit_tiny"})
