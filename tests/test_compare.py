@@ -171,7 +171,7 @@ def test_per_method_params_budget_backbone_and_knobs(tmp_path):
     from workspace import write_params
 
     write_params(tmp_path, {"pretrain.epochs": 7, "pretrain.method": "moco", "pretrain.method_params": {"version": "v3"},
-                            "compare.method_batch_size": {}})
+                            "compare.method_batch_size": {}, "compare.method_epochs": {"mae": 100}})
     params = load_params(tmp_path / "params.yaml", ["compare.epochs=2", "compare.method_params={byol: {base_momentum: 0.9}}"])
     mae, moco, byol = (logic.params_for(params, m).pretrain for m in ("mae", "moco", "byol"))
     assert (mae.backbone, mae.epochs, mae.method_params) == ("vit_tiny", 2, {})
