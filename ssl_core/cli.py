@@ -83,14 +83,12 @@ def cmd_run(args) -> int:
 
 
 def cmd_config(args) -> int:
-    from ssl_core.config import reference_markdown
+    from ssl_core.config_reference import readme_with_reference, reference_markdown
 
     if args.check:
         _params(args)
         print(f"{args.params}: OK")
     elif args.write_readme:
-        from ssl_core.config import readme_with_reference
-
         readme = Path(args.write_readme)
         readme.write_text(readme_with_reference(readme.read_text()))
         print(f"{readme}: configuration reference updated")

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ssl_core.config import readme_with_reference
+from ssl_core.config_reference import readme_with_reference
 
 ROOT = Path(__file__).resolve().parents[1]
 
