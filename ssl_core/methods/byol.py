@@ -6,7 +6,7 @@ regresses the target projection of the other: loss(p, z) = 2 - 2 * cos(p, z), su
 directions as in the paper. Target momentum: base_momentum -> 1.0 by cosine over training
 (`after_step`). The target network is a submodule, so checkpoints carry it.
 
-Budget: BYOL learns slower than the contrastive methods on small data, so the comparison gives it 100
+Budget: BYOL learns slower than the contrastive methods on small data, so the comparison gives it 150
 epochs (compare.method_epochs in params.yaml) against the others' 50.
 
 Recipe: the standard SimCLR/BYOL colour recipe, except crops cover 50-100 % of the image rather than
