@@ -13,6 +13,8 @@ from pathlib import Path
 from ssl_core.interrupt import EXIT_INTERRUPTED, EXIT_TERMINATED, Terminated, terminate_like_interrupt
 from ssl_core.progress import log, setup_logging
 
+EXIT_STDOUT_CLOSED = 141   # what a shell reports for a process ended by SIGPIPE
+
 STAGE_NAMES = ("prepare", "pretrain", "finetune", "evaluate")
 
 
@@ -196,12 +198,29 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
+    except BrokenPipeError:
+        if _stdout_closed():
+            return EXIT_STDOUT_CLOSED   # `ssl-pipeline config | head`: the reader has what it wanted
+        raise
     except Exception as err:  # noqa: BLE001 - one clear sentence instead of traceback soup
         if args.debug:
             raise
         print(f"error: {err}", file=sys.stderr)
         print(f"hint: {_hint(err)}", file=sys.stderr)
         return 2
+
+
+def _stdout_closed() -> bool:
+    """True when stdout is a pipe whose reader went away (poll says POLLERR); stdout then points at
+    /dev/null, so the interpreter's final flush does not raise a second time."""
+    import select
+
+    poller = select.poll()
+    poller.register(sys.stdout.fileno(), select.POLLOUT)
+    if not any(events & select.POLLERR for _, events in poller.poll(0)):
+        return False
+    os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    return True
 
 
 def _hint(err: Exception) -> str:
