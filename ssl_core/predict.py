@@ -22,7 +22,8 @@ from typing import Callable, Iterable
 
 import torch
 
-from ssl_core.data.images import decode_images, list_unlabeled
+from ssl_core.data.images import decode_images
+from ssl_core.data.listing import list_unlabeled
 
 DEFAULT_MODEL_NAME = "ssl-classifier"
 CLASSIFIER_JSON = Path("models/classifier.json")

@@ -1,13 +1,9 @@
-"""List, decode and validate user image folders into uint8 arrays.
+"""Decode and validate listed image files into uint8 arrays (listing: `listing.py`).
 
 Decisions (documented here because `prepare` and the README rely on them):
-- Supported formats: PNG, JPEG (.jpg/.jpeg, incl. camera MPO files), BMP, TIFF (.tif/.tiff) and
-  WebP. GIF (often animated), SVG (vector), HEIC, ICO, PSD and everything else is rejected with
-  "unsupported format .xyz". PIL is only ever allowed to parse these formats, whatever the
-  extension says, so no other (riskier) decoder such as EPS/Ghostscript can be reached.
-- Hidden files and folders (name starting with "."; .DS_Store, ._foo.png, .git) are not used and
-  are reported once each as Rejected ("hidden file skipped" / "hidden folder skipped") without
-  descending into them: nothing disappears without a trace in the quarantine report.
+- PIL may parse a file only as the format its extension names (PNG, JPEG incl. camera MPO files,
+  BMP, TIFF, WebP): no other (riskier) decoder such as EPS/Ghostscript can be reached, and a file
+  whose content is another format is rejected.
 - Resizing: the shorter side is scaled to `image_size` and the centre is cropped (aspect ratio is
   kept; a square image is simply resized). Bicubic, antialiased.
 - Alpha is composited onto black (transparent pixels become 0), 16-bit values are rounded to
@@ -21,35 +17,24 @@ import hashlib
 import io
 import os
 import random
-import stat
 import struct
 import warnings
-from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
 import numpy as np
-from PIL import Image, ImageOps, features
+from PIL import Image, ImageOps
+
+from ssl_core.data.listing import EXT_TO_FORMAT, Rejected, relative_posix
 
 MAX_PIXELS = 40_000_000
 MAX_FILE_BYTES = 256 * 1024 * 1024
 
-_EXT_TO_FORMAT = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG", ".bmp": "BMP",
-                  ".tif": "TIFF", ".tiff": "TIFF"}
-if features.check("webp"):
-    _EXT_TO_FORMAT[".webp"] = "WEBP"
-IMAGE_EXTENSIONS: frozenset[str] = frozenset(_EXT_TO_FORMAT)
 # The only decoders PIL may use (camera multi-picture JPEGs come through "JPEG" as format MPO).
-_PIL_FORMATS = tuple(sorted(set(_EXT_TO_FORMAT.values())))
+_PIL_FORMATS = tuple(sorted(set(EXT_TO_FORMAT.values())))
 _GRAY_MODES = {"1", "L", "LA", "La", "I", "I;16", "I;16B", "I;16L", "I;16N"}
 _SIXTEEN_BIT = {"I", "I;16", "I;16B", "I;16L", "I;16N"}
-
-
-@dataclass
-class Rejected:
-    path: str
-    reason: str
 
 
 @dataclass
@@ -72,132 +57,6 @@ class _Reject(Exception):
     """A file is unusable; the message is the quarantine reason."""
 
 
-def _rel(path: Path, root: Path) -> str:
-    text, prefix = str(path), str(root) + os.sep
-    if text.startswith(prefix) and os.sep + ".." not in text:  # fast path for listed files
-        return Path(text[len(prefix):]).as_posix()
-    return Path(os.path.relpath(path, root)).as_posix()
-
-
-# ----------------------------------------------------------------------------- listing
-def _identity(folder: Path) -> tuple[int, int]:
-    info = os.stat(folder)
-    return info.st_dev, info.st_ino
-
-
-class _Lister:
-    """Lists start folders depth-first. Symlinked folders are walked only after every real folder,
-    so when a link points at a folder that is listed anyway, the real path wins and the link is
-    reported instead of listing the same files twice (this also ends symlink loops)."""
-
-    def __init__(self, root: Path):
-        self.root = Path(root)
-        if not self.root.is_dir():
-            raise FileNotFoundError(f"data folder not found: {root}")
-        self.root_real = os.path.realpath(self.root)
-        self.files: list[tuple[Path, str]] = []  # (path, tag: the class name or "")
-        self.rejected: list[Rejected] = []
-        self._seen: set[tuple[int, int]] = set()  # (device, inode) of listed folders
-        self._links: list[tuple[Path, str]] = []
-
-    def reject(self, path: Path, reason: str) -> None:
-        self.rejected.append(Rejected(_rel(path, self.root), reason))
-
-    def problem(self, entry: os.DirEntry) -> str | None:
-        """Why an entry is never used (hidden, broken or escaping link), else None."""
-        if entry.name.startswith("."):
-            return "hidden folder skipped" if entry.is_dir() else "hidden file skipped"
-        if entry.is_symlink():
-            real = os.path.realpath(entry.path)
-            if not os.path.exists(real):
-                return "broken symlink"
-            if real != self.root_real and not real.startswith(self.root_real + os.sep):
-                return "symlink escapes data folder"
-        return None
-
-    def run(self, starts: list[tuple[Path, str]]) -> None:
-        for folder, tag in starts:
-            if folder.is_symlink():
-                self._links.append((folder, tag))
-            else:
-                self._walk(folder, tag)
-        while self._links:  # links met inside linked folders join the queue
-            link, tag = self._links.pop(0)
-            try:
-                listed = _identity(link) in self._seen
-            except OSError as exc:  # the target vanished since it was seen
-                self.reject(link, f"unreadable folder ({exc.strerror or exc})")
-                continue
-            if listed:
-                self.reject(link, "folder already listed (symlink to a listed folder)")
-            else:
-                self._walk(link, tag)
-        self.files.sort()
-
-    def _walk(self, start: Path, tag: str) -> None:
-        stack = [start]  # explicit stack: hostile data may nest folders deeper than Python recursion
-        while stack:
-            folder = stack.pop()
-            try:
-                self._seen.add(_identity(folder))  # not realpath(): quadratic in folder depth
-                entries = sorted(os.scandir(folder), key=lambda e: e.name)
-            except OSError as exc:
-                self.reject(folder, f"unreadable folder ({exc.strerror or exc})")
-                continue
-            for entry in entries:
-                path = Path(entry.path)
-                try:
-                    reason = self.problem(entry)
-                    if reason is None and entry.is_dir():
-                        if entry.is_symlink():
-                            self._links.append((path, tag))
-                        else:
-                            stack.append(path)
-                        continue
-                    if reason is None and not stat.S_ISREG(os.stat(path).st_mode):
-                        reason = "not a regular file"  # a fifo or device would block or never end
-                except OSError as exc:
-                    reason = f"unreadable entry ({exc.strerror or exc})"
-                ext = path.suffix.lower()
-                if reason is None and ext not in IMAGE_EXTENSIONS:
-                    reason = f"unsupported format {ext or '(no extension)'}"
-                if reason is None:
-                    self.files.append((path, tag))
-                else:
-                    self.reject(path, reason)
-
-
-def list_unlabeled(root: Path) -> tuple[list[Path], list[Rejected]]:
-    """Every supported image file under `root` (recursive, sorted) and what was left out."""
-    lister = _Lister(root)
-    lister.run([(lister.root, "")])
-    return [path for path, _ in lister.files], lister.rejected
-
-
-def list_labeled(root: Path) -> tuple[list[tuple[Path, str]], list[str], list[Rejected]]:
-    """One subfolder per class (images may sit in nested folders inside it).
-
-    Returns ([(path, class_name)], sorted class names, rejected). Files directly under `root` are
-    rejected ("not inside a class folder"); a class folder without a single candidate image file
-    is reported ("empty class folder") and is not a class.
-    """
-    lister = _Lister(root)
-    starts: list[tuple[Path, str]] = []
-    for entry in sorted(os.scandir(lister.root), key=lambda e: e.name):
-        reason = lister.problem(entry)
-        if reason is None and entry.is_dir():
-            starts.append((Path(entry.path), entry.name))
-        else:
-            lister.reject(Path(entry.path), reason or "not inside a class folder")
-    lister.run(starts)
-    counts = Counter(tag for _, tag in lister.files)
-    for folder, tag in starts:
-        if counts[tag] == 0:
-            lister.reject(folder, "empty class folder")
-    return lister.files, sorted(counts), lister.rejected
-
-
-# ----------------------------------------------------------------------------- decoding
 def _open(data: bytes) -> Image.Image:
     return Image.open(io.BytesIO(data), formats=_PIL_FORMATS)
 
@@ -231,7 +90,7 @@ def _read_checked(path: Path, image_size: int) -> tuple[Image.Image, tuple[int, 
         if issubclass(warning.category, Image.DecompressionBombWarning):
             raise _Reject(f"too large ({w}x{h} pixels)")
         notes.append(f"decoder warning: {warning.message}")
-    expected = _EXT_TO_FORMAT.get(path.suffix.lower())
+    expected = EXT_TO_FORMAT.get(path.suffix.lower())
     actual = "JPEG" if im.format == "MPO" else im.format
     if expected and actual != expected:
         notes.append(f"content is {actual} but extension is {path.suffix}")
@@ -353,7 +212,7 @@ def decode_images(items: list[tuple[Path, int]], root: Path, image_size: int, ch
     notes: list[Note] = []
     step = max(1, -(-total // 100))  # about 100 calls in all
     for i, (path, label) in enumerate(items):
-        rel = _rel(Path(path), root)
+        rel = relative_posix(Path(path), root)
         try:
             arr, file_notes = _decode_one(Path(path), image_size, channels)
         except Exception as exc:  # noqa: BLE001 - one bad file must never stop the run

@@ -13,6 +13,7 @@ import pandas as pd
 
 from ssl_core.config import Params
 from ssl_core.data import images as img
+from ssl_core.data.listing import Rejected, list_labeled, list_unlabeled
 from ssl_core.data.cache import save_split
 from ssl_core.progress import Progress, log
 from ssl_core.stages.common import StageError, dataset_infos, require_raw_data
@@ -42,10 +43,10 @@ def label_fractions(train_labels: np.ndarray, fractions: list[float], seeds: int
     return out
 
 
-def _relative_to(rejected: list[img.Rejected], listed_root: Path, raw: Path) -> list[img.Rejected]:
+def _relative_to(rejected: list[Rejected], listed_root: Path, raw: Path) -> list[Rejected]:
     """Listing reports paths relative to the folder it listed; quarantine.csv uses data/raw-relative."""
     prefix = listed_root.relative_to(raw) if listed_root.is_relative_to(raw) else listed_root
-    return [img.Rejected(str(prefix / r.path), r.reason) for r in rejected]
+    return [Rejected(str(prefix / r.path), r.reason) for r in rejected]
 
 
 def _labeled_dirs(labeled_root: Path) -> dict[str, Path | None]:
@@ -74,8 +75,8 @@ def prepare(params: Params, root: Path = Path(".")) -> dict:
     raw, out = root / d.raw_dir, root / d.prepared_dir
     dirs = _labeled_dirs(raw / "labeled")
     items_by_split: dict[str, list[tuple[Path, int]]] = {}
-    rejected: list[img.Rejected] = []
-    class_paths, classes, rej = img.list_labeled(dirs["train"])
+    rejected: list[Rejected] = []
+    class_paths, classes, rej = list_labeled(dirs["train"])
     rejected += _relative_to(rej, dirs["train"], raw)
     if not classes:
         raise StageError(f"no labeled images found under {dirs['train']}: expected one folder per class")
@@ -83,13 +84,13 @@ def prepare(params: Params, root: Path = Path(".")) -> dict:
     items_by_split["train"] = [(p, class_index[c]) for p, c in class_paths]
     for split in ("val", "test"):
         if dirs[split] is not None:
-            pairs, split_classes, rej = img.list_labeled(dirs[split])
+            pairs, split_classes, rej = list_labeled(dirs[split])
             rejected += _relative_to(rej, dirs[split], raw)
             unknown = sorted(set(split_classes) - set(classes))
             if unknown:
                 raise StageError(f"{dirs[split]} has class folders not in train: {', '.join(unknown)}")
             items_by_split[split] = [(p, class_index[c]) for p, c in pairs]
-    unlabeled_paths, rej = img.list_unlabeled(raw / "unlabeled") if (raw / "unlabeled").is_dir() else ([], [])
+    unlabeled_paths, rej = list_unlabeled(raw / "unlabeled") if (raw / "unlabeled").is_dir() else ([], [])
     rejected += _relative_to(rej, raw / "unlabeled", raw)
     if d.max_unlabeled and len(unlabeled_paths) > d.max_unlabeled:
         keep = np.sort(np.random.default_rng(params.seed).choice(len(unlabeled_paths), d.max_unlabeled, replace=False))
