@@ -1,5 +1,6 @@
 """The method comparison as a Prefect flow: prepare (through DVC) -> one task per method -> the
-random and scratch baselines -> report (CSV, plot, MLflow, Prefect artifacts).
+random and scratch baselines -> report (CSV, plot, MLflow, Prefect artifacts). The report is rewritten
+after every method, and a rerun of an interrupted comparison reuses the methods it finished.
 
 Thin on purpose: the work is in ssl_core/compare.py and ssl_core/compare_report.py. Every method is
 its own task with retries from params.flow (a retried method resumes from its checkpoint); a method
@@ -71,6 +72,7 @@ def compare(root: str = ".", params_file: str = "params.yaml", overrides: list[s
             logic.parent_run(params, root_path, overrides, str(flow_run.get_id() or "")) as parent_run_id:
         prepare.with_options(**retry)(root_path, logic.child_env())
         entries = logic.plan(params, load_meta(root_path / params.data.prepared_dir))
+        order = [e.method for e in entries] + list(logic.BASELINES)
         rows: list[dict] = []
         for entry in entries:
             if entry.skip_reason:
@@ -80,16 +82,25 @@ def compare(root: str = ".", params_file: str = "params.yaml", overrides: list[s
             task_ = compare_method.with_options(name=f"compare-{entry.method}", **retry)
             rows += _rows_or_failure(task_(params, root_path, entry.method, return_state=True),
                                      entry.method, entry.backbone, logger)
+            _write_partial(params, rows, order, root_path / out_dir)
         backbones = logic.baseline_backbones(params, entries)
         for kind in logic.BASELINES:
             task_ = compare_baseline.with_options(name=f"compare-{kind}", **retry)
             rows += _rows_or_failure(task_(params, root_path, kind, backbones, return_state=True),
                                      kind, ",".join(backbones), logger)
-        order = [e.method for e in entries] + list(logic.BASELINES)
         result = publish_report(params, rows, order, root_path / out_dir, parent_run_id)
+        logic.clear_finished(root_path)   # the report holds them now: a rerun measures afresh
     return {"parent_run_id": parent_run_id, "markdown": result["markdown"], "csv": str(result["csv"]),
             "png": str(result["png"]), "failed": sorted({r["method"] for r in rows if r["status"].startswith("failed")}),
             "skipped": [e.method for e in entries if e.skip_reason]}
+
+
+def _write_partial(params: Params, rows: list[dict], order: list[str], out_dir: Path) -> None:
+    """The report so far, after every method: a long comparison shows its results as they come, and
+    one that is interrupted leaves them behind (its rerun reuses the finished methods)."""
+    done = len({r["method"] for r in rows})
+    report.write(rows, order, out_dir, f"Method comparison so far ({done} of {len(order)}), pretraining "
+                                       f"{logic.budget_text(params)}")
 
 
 def _rows_or_failure(state, method: str, backbone: str, logger) -> list[dict]:

@@ -11,6 +11,7 @@ One MLflow run "compare" is the parent; every method and baseline is a nested ch
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 from dataclasses import dataclass
@@ -35,6 +36,7 @@ from ssl_core.stages.pretrain import (build_encoder, build_method, checkpoint_fi
 from ssl_core.train import pretrain
 
 CHECKPOINT_DIR = Path("checkpoints/compare")
+RESULT_NAME = "result.json"   # a finished method's rows, kept until the comparison's report is published
 BASELINES = ("random", "scratch")
 OK = "ok"
 Note = Callable[[str], None]
@@ -159,16 +161,21 @@ def child_env() -> dict[str, str]:
 
 
 def run_method(params: Params, root: Path, method: str, note: Note = log.info) -> list[dict]:
-    """Pretrain `method` (resuming from its checkpoint after a failed attempt), evaluate it, return its rows."""
+    """Pretrain `method` (resuming from its checkpoint after a failed attempt), evaluate it, return its rows.
+    A method an interrupted comparison already finished, with the same params and data, is not redone."""
     from ssl_core.checkpoint import Checkpointer
 
     mp = params_for(params, method)
     data = load_data(mp, root)
-    device = setup_torch(mp.pretrain.device)
-    checkpointer = Checkpointer(root / CHECKPOINT_DIR / method, checkpoint_fingerprint(mp, root, data.meta),
-                                every_steps=mp.pretrain.checkpoint_every)
+    fingerprint = result_fingerprint(mp, root, data.meta, method)
     with tracking.stage_run(f"compare-{method}", mp, data.infos, root) as run:
         mlflow.set_tags({"compare.method": method, "compare.backbone": mp.pretrain.backbone})
+        finished = load_finished(root, method, fingerprint)
+        if finished is not None:
+            return reuse_finished(method, finished, note)
+        device = setup_torch(mp.pretrain.device)
+        checkpointer = Checkpointer(root / CHECKPOINT_DIR / method, checkpoint_fingerprint(mp, root, data.meta),
+                                    every_steps=mp.pretrain.checkpoint_every)
         ssl = build_method(mp, data.meta)
         mlflow.log_params({f"method_params.{k}": str(v)[:6000] for k, v in ssl.describe().items() if k != "method"})
         encoder, seconds, rank = pretrain_encoder(mp, ssl, data, device, checkpointer, run.info.run_id, note)
@@ -177,8 +184,60 @@ def run_method(params: Params, root: Path, method: str, note: Note = log.info) -
                         mp.evaluate.knn_k, device, init="ssl")
         rows += fit_rows(mp, method, list(mp.finetune.protocols), lambda seed: encoder, data, device, note)
         rows = finish_rows(rows, mp.pretrain.backbone, seconds, rank)
+        save_finished(root, method, fingerprint, rows, run.info.run_id)
     checkpointer.clear()   # only once everything is evaluated and logged: a failed attempt resumes
     return rows
+
+
+# --- finished results: an interrupted comparison resumes after its last finished method ---------------
+
+def result_fingerprint(params: Params, root: Path, meta: dict, name: str, backbones: list[str] = ()) -> str:
+    """What a method's (or baseline's) rows depend on: the training params and data (as for its
+    checkpoint), the evaluation settings, and for a baseline its architectures."""
+    body = json.dumps({"name": name, "training": checkpoint_fingerprint(params, root, meta), "backbones": list(backbones),
+                       "finetune": params.finetune.model_dump(mode="json"),
+                       "evaluate": params.evaluate.model_dump(mode="json")}, sort_keys=True)
+    return hashlib.sha256(body.encode()).hexdigest()
+
+
+def _result_path(root: Path, name: str) -> Path:
+    return root / CHECKPOINT_DIR / name / RESULT_NAME
+
+
+def save_finished(root: Path, name: str, fingerprint: str, rows: list[dict], run_id: str) -> None:
+    path = _result_path(root, name)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(json.dumps({"fingerprint": fingerprint, "run_id": run_id, "rows": rows}))
+    os.replace(tmp, path)   # a kill mid-write leaves the old file or none, never half a file
+
+
+def load_finished(root: Path, name: str, fingerprint: str) -> dict | None:
+    """The saved {fingerprint, run_id, rows} of `name` when it matches `fingerprint`, else None."""
+    try:
+        saved = json.loads(_result_path(root, name).read_text())
+    except (OSError, ValueError):
+        return None
+    return saved if isinstance(saved, dict) and saved.get("fingerprint") == fingerprint else None
+
+
+def reuse_finished(name: str, finished: dict, note: Note) -> list[dict]:
+    """Log a finished result into the active child run (tagged with the run that measured it)."""
+    note(f"compare {name}: finished by run {finished['run_id']} of an interrupted comparison "
+         "with the same params and data; its results are reused")
+    mlflow.set_tag("compare.reused_from_run_id", finished["run_id"])
+    rows = finished["rows"]
+    first = next((r for r in rows if r["method"] == name), None)
+    if first is not None and first["pretrain_seconds"]:
+        mlflow.log_metrics({"pretrain_seconds": first["pretrain_seconds"], "feature_rank": first["feature_rank"]})
+    log_rows(rows)
+    return rows
+
+
+def clear_finished(root: Path) -> None:
+    """Called once the comparison's report is published: the next comparison measures afresh."""
+    for path in (root / CHECKPOINT_DIR).glob(f"*/{RESULT_NAME}"):
+        path.unlink(missing_ok=True)
 
 
 def pretrain_encoder(mp: Params, ssl: torch.nn.Module, data: Data, device: torch.device, checkpointer, run_id: str,
@@ -223,14 +282,17 @@ def fit_rows(mp: Params, method: str, protocols: list[str], start: Callable[[int
 
 def finish_rows(rows: list[dict], backbone: str, seconds: float, feature_rank: float | None) -> list[dict]:
     """Add backbone, pretraining time, feature rank and status; log each accuracy to the active (child) run."""
-    out = []
-    for r in rows:
-        row = {"method": r["method"], "backbone": backbone, "protocol": r["protocol"],
-               "label_fraction": r["label_fraction"], "seed": r["seed"], "accuracy": r["accuracy"],
-               "pretrain_seconds": seconds, "feature_rank": feature_rank, "status": OK}
-        mlflow.log_metric(f"test_accuracy.{backbone}.{r['protocol']}.{r['label_fraction']:g}.{r['seed']}", r["accuracy"])
-        out.append(row)
+    out = [{"method": r["method"], "backbone": backbone, "protocol": r["protocol"], "label_fraction": r["label_fraction"],
+            "seed": r["seed"], "accuracy": r["accuracy"], "pretrain_seconds": seconds, "feature_rank": feature_rank,
+            "status": OK} for r in rows]
+    log_rows(out)
     return out
+
+
+def log_rows(rows: list[dict]) -> None:
+    for r in rows:
+        mlflow.log_metric(f"test_accuracy.{r['backbone']}.{r['protocol']}.{r['label_fraction']:g}.{r['seed']}",
+                          r["accuracy"])
 
 
 def run_baseline(params: Params, root: Path, kind: str, backbones: list[str], note: Note = log.info) -> list[dict]:
@@ -239,10 +301,14 @@ def run_baseline(params: Params, root: Path, kind: str, backbones: list[str], no
     if kind not in BASELINES:
         raise ValueError(f"unknown baseline {kind!r}; allowed: {', '.join(BASELINES)}")
     data = load_data(params, root)
-    device = setup_torch(params.pretrain.device)
+    fingerprint = result_fingerprint(params, root, data.meta, kind, backbones)
     rows: list[dict] = []
-    with tracking.stage_run(f"compare-{kind}", params, data.infos, root):
+    with tracking.stage_run(f"compare-{kind}", params, data.infos, root) as run:
         mlflow.set_tags({"compare.method": kind, "compare.backbone": ",".join(backbones)})
+        finished = load_finished(root, kind, fingerprint)
+        if finished is not None:
+            return reuse_finished(kind, finished, note)
+        device = setup_torch(params.pretrain.device)
         for backbone in backbones:
             spec = {**encoder_spec(params, data.meta), "backbone": backbone, "method": kind}
             rank = None
@@ -257,6 +323,7 @@ def run_baseline(params: Params, root: Path, kind: str, backbones: list[str], no
                 found = fit_rows(params, kind, ["finetune"], lambda seed: scratch_encoder(spec, seed), data, device,
                                  note, pretrained=False)
             rows += finish_rows(found, backbone, 0.0, rank)
+        save_finished(root, kind, fingerprint, rows, run.info.run_id)
     return rows
 
 

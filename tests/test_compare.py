@@ -1,6 +1,13 @@
 """The method comparison flow on tiny real workspaces (git + DVC + SQLite MLflow + Prefect)."""
 from __future__ import annotations
 
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
 import mlflow
 import pandas as pd
 import pytest
@@ -152,6 +159,58 @@ def test_grayscale_skips_colour_method_and_reports_a_failing_one(gray_run):
     assert "colorization (resnet_narrow): skipped: needs colour images" in result["markdown"]
     parent = MlflowClient(uri).get_run(result["parent_run_id"])
     assert parent.data.tags["compare.failed"] == "rotation"
+
+
+HANG_DETECTOR_S = 600   # not a speed limit: only ends a test whose process would never get there
+
+
+@pytest.mark.slow
+def test_a_killed_comparison_leaves_its_report_so_far_and_the_rerun_reuses_what_it_finished(workspace, colour_run,
+                                                                                             tmp_path):
+    """`ssl-pipeline compare` (a real process with Prefect's temporary server) is killed with SIGKILL
+    once simclr is finished, while rotation trains: the report holds simclr's rows; the rerun takes
+    simclr's results from the killed run instead of training it again, and measures rotation."""
+    from flows.compare import compare
+
+    root, uri = workspace
+    sets = ["compare.methods=[simclr,rotation]", "compare.method_epochs={rotation: 20}",
+            "finetune.protocols=[linear]", "data.label_fractions=[1.0]"]
+    out, finished = root / "reports/killed", root / "checkpoints/compare/simclr/result.json"
+    env = {**os.environ, "MLFLOW_TRACKING_URI": uri, "PREFECT_HOME": str(tmp_path / "prefect")}
+    env.pop("PREFECT_API_URL", None)
+    with open(tmp_path / "compare.log", "w") as log_file:
+        proc = subprocess.Popen([sys.executable, "-m", "ssl_core", "compare", "--out", "reports/killed",
+                                 *[arg for s in sets for arg in ("--set", s)]], cwd=root, env=env,
+                                stdout=log_file, stderr=subprocess.STDOUT, start_new_session=True)
+        try:
+            deadline = time.monotonic() + HANG_DETECTOR_S
+            while not finished.exists() and proc.poll() is None and time.monotonic() < deadline:
+                time.sleep(0.1)
+            assert finished.exists(), (tmp_path / "compare.log").read_text()[-3000:]
+            time.sleep(0.5)   # simclr's rows reach the report right after its result file
+        finally:
+            os.killpg(proc.pid, signal.SIGKILL)   # the flow and its Prefect server, mid-rotation
+            proc.wait()
+    partial = pd.read_csv(out / "method_comparison.csv")
+    assert set(partial.method) == {"simclr"} and (partial.status == "ok").all()
+    killed_simclr = json.loads(finished.read_text())["run_id"]
+
+    result = compare(root=str(root), overrides=sets, out_dir="reports/killed")
+    table = pd.read_csv(out / "method_comparison.csv")
+    assert {"simclr", "rotation", "random", "scratch"} == set(table.method) and (table.status == "ok").all()
+    pd.testing.assert_frame_equal(table[table.method == "simclr"].reset_index(drop=True), partial)
+    client = MlflowClient(uri)
+    parent = client.get_run(result["parent_run_id"])
+    children = client.search_runs([parent.info.experiment_id], f"tags.mlflow.parentRunId = '{parent.info.run_id}'")
+    by_name = {r.info.run_name: r for r in children}
+    simclr, rotation = by_name["compare-simclr"], by_name["compare-rotation"]
+    assert simclr.data.tags["compare.reused_from_run_id"] == killed_simclr
+    assert client.get_metric_history(simclr.info.run_id, "loss") == []   # not trained again
+    assert simclr.data.metrics["test_accuracy.resnet_narrow.linear.1.0"] == pytest.approx(
+        partial[partial.protocol == "linear"].accuracy.iloc[0])
+    assert "compare.reused_from_run_id" not in rotation.data.tags
+    assert len(client.get_metric_history(rotation.info.run_id, "loss")) == 20
+    assert not list((root / "checkpoints/compare").glob("*/result.json"))   # published: a new comparison measures afresh
 
 
 def test_unknown_method_names_the_key_and_the_allowed_values(tmp_path):
