@@ -227,9 +227,8 @@ def reuse_finished(name: str, finished: dict, note: Note) -> list[dict]:
          "with the same params and data; its results are reused")
     mlflow.set_tag("compare.reused_from_run_id", finished["run_id"])
     rows = finished["rows"]
-    first = next((r for r in rows if r["method"] == name), None)
-    if first is not None and first["pretrain_seconds"]:
-        mlflow.log_metrics({"pretrain_seconds": first["pretrain_seconds"], "feature_rank": first["feature_rank"]})
+    if rows and rows[0]["pretrain_seconds"]:   # a method's rows share them; a baseline has none
+        mlflow.log_metrics({"pretrain_seconds": rows[0]["pretrain_seconds"], "feature_rank": rows[0]["feature_rank"]})
     log_rows(rows)
     return rows
 
