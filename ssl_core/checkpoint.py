@@ -65,11 +65,16 @@ def atomic_write_torch(obj, path: Path) -> None:
     writer; writing the bytes ourselves gives a proper OSError (ENOSPC) and never a partial `path`."""
     buffer = io.BytesIO()
     torch.save(obj, buffer)
+    atomic_write_bytes(buffer.getbuffer(), path)
+
+
+def atomic_write_bytes(data, path: Path) -> None:
+    """Temp file + fsync + rename (+ directory fsync): `path` holds the old bytes or the new, never a part."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     try:
         with open(tmp, "wb") as fh:
-            fh.write(buffer.getbuffer())
+            fh.write(data)
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)

@@ -205,11 +205,10 @@ def _result_path(root: Path, name: str) -> Path:
 
 
 def save_finished(root: Path, name: str, fingerprint: str, rows: list[dict], run_id: str) -> None:
-    path = _result_path(root, name)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps({"fingerprint": fingerprint, "run_id": run_id, "rows": rows}))
-    os.replace(tmp, path)   # a kill mid-write leaves the old file or none, never half a file
+    from ssl_core.checkpoint import atomic_write_bytes
+
+    body = json.dumps({"fingerprint": fingerprint, "run_id": run_id, "rows": rows})
+    atomic_write_bytes(body.encode(), _result_path(root, name))
 
 
 def load_finished(root: Path, name: str, fingerprint: str) -> dict | None:
