@@ -62,7 +62,8 @@ def cmd_data(args) -> int:
         dvcops.ensure_repo(root)
         bar = Progress(1, f"import {args.path}")
         result = import_folder(Path(args.path), args.kind, raw, replace=args.replace,
-                               also_unlabeled=args.also_unlabeled, progress=bar.update)
+                               also_unlabeled=args.kind == "labeled" and args.also_unlabeled,
+                               progress=bar.update)
         bar.close()
         targets = [str(raw / "labeled")] if args.kind == "labeled" else [str(raw / "unlabeled")]
         if args.kind == "labeled" and args.also_unlabeled:

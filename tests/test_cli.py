@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 
@@ -19,3 +20,22 @@ def test_a_closed_stdout_pipe_ends_quietly_with_sigpipes_status():
         os.close(write_end)
     assert done.returncode == 141, done.stderr
     assert done.stderr == ""
+
+
+def test_unlabeled_import_as_the_readme_shows_it(tmp_path):
+    """`ssl-pipeline data import FOLDER --as unlabeled`, the README's first own-data command."""
+    from PIL import Image
+
+    from fixtures_repo import make_workspace
+
+    root = make_workspace(tmp_path)
+    shutil.copy(PROJECT_ROOT / "params.yaml", root / "params.yaml")
+    photos = tmp_path / "photos" / "unlabeled"
+    photos.mkdir(parents=True)
+    for i in range(3):
+        Image.new("RGB", (40 + 10 * i, 30), (10 * i, 80, 160)).save(photos / f"p{i}.jpg")
+    done = subprocess.run([sys.executable, "-m", "ssl_core", "data", "import", str(photos), "--as", "unlabeled"],
+                          cwd=root, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert len(list((root / "data/raw/unlabeled").rglob("*.jpg"))) == 3
+    assert (root / "data/raw/unlabeled.dvc").exists()
