@@ -14,12 +14,13 @@ from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.runtime import flow_run
 
-from ssl_core import compare as logic, compare_report as report
-from ssl_core.config import Params, load_params
+from ssl_pipeline.comparison import methods as logic
+from ssl_pipeline.comparison import report
+from ssl_pipeline.config.schema import Params, load_params
 from ssl_core.data.cache import load_meta
-from ssl_core.dvcops import require_data
-from ssl_core.repro import repro_stage
-from ssl_core.runner import overridden_params
+from ssl_pipeline.versioning.workspace import require_data
+from ssl_pipeline.versioning.repro import repro_stage
+from ssl_pipeline.config.overrides import overridden_params
 
 ARTIFACT_KEY = "method-comparison"
 

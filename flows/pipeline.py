@@ -14,12 +14,14 @@ from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.runtime import flow_run
 
-from ssl_core import tracking
-from ssl_core.config import Params, load_params
-from ssl_core.dvcops import require_data
-from ssl_core.registry import register_pipeline_models
-from ssl_core.repro import STAGES, repro_stage
-from ssl_core.summary import label_efficiency_markdown
+from ssl_pipeline import outputs
+from ssl_pipeline.tracking import runs as tracking
+from ssl_pipeline.config.schema import Params, load_params
+from ssl_pipeline.versioning.workspace import require_data
+from ssl_pipeline.tracking.registry import register_pipeline_models
+from ssl_pipeline.stages import STAGE_NAMES
+from ssl_pipeline.versioning.repro import repro_stage
+from ssl_pipeline.reports.summary import label_efficiency_markdown
 
 
 @task(name="check-data")
@@ -42,7 +44,7 @@ def register_models(params: Params, root: Path) -> dict:
 
 @task(name="publish-report")
 def publish_report(root: Path) -> str:
-    table = pd.read_csv(root / "reports/label_efficiency.csv")
+    table = pd.read_csv(root / outputs.TABLE_CSV)
     markdown = label_efficiency_markdown(table)
     create_markdown_artifact(markdown=markdown, key="label-efficiency", description="Test accuracy by label fraction")
     create_table_artifact(table=table.round(4).to_dict(orient="records"), key="label-efficiency-table")
@@ -62,7 +64,7 @@ def pipeline(root: str = ".", params_file: str = "params.yaml") -> dict:
         env = {tracking.PARENT_ENV: parent.info.run_id, tracking.FLOW_RUN_ENV: flow_run_id,
                "MLFLOW_TRACKING_URI": tracking.tracking_uri()}
         ran = {}
-        for stage in STAGES:
+        for stage in STAGE_NAMES:
             task_ = run_stage.with_options(name=f"stage-{stage}", retries=params.flow.retries,
                                            retry_delay_seconds=params.flow.retry_delay_seconds)
             ran[stage] = task_(stage, root_path, env)

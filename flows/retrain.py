@@ -18,9 +18,11 @@ from prefect.artifacts import create_markdown_artifact
 from prefect.runtime import flow_run
 
 from flows.pipeline import pipeline
-from ssl_core import registry, retrain as logic, tracking
-from ssl_core.config import Params, load_params
-from ssl_core.runner import overridden_params
+from ssl_pipeline.tracking import registry
+from ssl_pipeline.retraining import decision as logic
+from ssl_pipeline.tracking import runs as tracking
+from ssl_pipeline.config.schema import Params, load_params
+from ssl_pipeline.config.overrides import overridden_params
 
 ARTIFACT_KEY = "retrain-decision"
 MIN_SLOT_WAIT_S = 5.0   # the workspace lock is ours by then: a slot still held means another workspace
@@ -153,7 +155,7 @@ def serve(params: Params, root: Path, params_file: str = "params.yaml", override
     """Register the deployment and run its schedule in this process until Ctrl-C (Prefect's `serve`)."""
     from prefect import serve as prefect_serve
 
-    from ssl_core.interrupt import install_interrupt_guard
+    from ssl_pipeline.interrupt import install_interrupt_guard
 
     ensure_concurrency_limit(params.retrain.concurrency_tag)
     install_interrupt_guard(SERVE_GRACE_S, on_force=lambda: pause_deployment(params))

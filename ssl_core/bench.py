@@ -1,7 +1,7 @@
 """`ssl-pipeline bench`: the real pretraining step, timed three ways, printed as JSON.
 
   (a) full:       uint8 cache in memory -> batch sliced by index -> device -> method.loss (views made
-                  by augment_batch on the device) -> backward -> optimizer step (ssl_core.train.train_step);
+                  by augment_batch on the device) -> backward -> optimizer step (ssl_core.training.loop.train_step);
   (b) model only: the same train_step on views made beforehand (augment.replay_views hands the method
                   pre-made float views): the ceiling for (a);
   (c) baseline:   the same train_step fed by the recipe most users start from: a Dataset of PIL
@@ -12,7 +12,7 @@ phase-to-phase noise of a shared machine. A sample is one image turned into all 
 SimCLR). On CUDA every path runs with channels_last and bf16 autocast and synchronises only around the
 timed regions; (a) slices its batches from a copy of the cache on the GPU and makes its views through
 torch.compile (--cache-on-device, --compile-augment), (c) uses pinned memory and non_blocking copies.
-Run: `python -m ssl_core.bench --help` (the CLI's `bench` command calls run()).
+Run: `python -m ssl_pipeline.bench --help` (the CLI's `bench` command calls run()).
 """
 from __future__ import annotations
 
@@ -40,8 +40,9 @@ from ssl_core.augment import (AugmentConfig, augment_batch, blur_kernel_size, co
 from ssl_core.methods import get_method_class, method_names
 from ssl_core.models import build_backbone
 from ssl_core.models.backbones import BACKBONE_NAMES
-from ssl_core.optim import build_optimizer
-from ssl_core.train import resolve_device, step_generator, train_step
+from ssl_core.training.optim import build_optimizer
+from ssl_core.training.loop import step_generator, train_step
+from ssl_core.training.runtime import resolve_device
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -304,14 +305,14 @@ def run(args: argparse.Namespace) -> dict:
 
 
 def main(argv: list[str] | None = None) -> dict:
-    parser = argparse.ArgumentParser(prog="python -m ssl_core.bench", description=__doc__,
+    parser = argparse.ArgumentParser(prog="python -m ssl_pipeline.bench", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     add_arguments(parser)
     return run_and_report(parser.parse_args(argv))
 
 
 def run_and_report(args: argparse.Namespace) -> dict:
-    """run(), print the JSON and write it to --output (the CLI's `bench` and `python -m ssl_core.bench`)."""
+    """run(), print the JSON and write it to --output (the CLI's `bench` and `python -m ssl_pipeline.bench`)."""
     result = run(args)
     text = json.dumps(result, indent=2)
     print(text)

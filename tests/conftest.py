@@ -21,7 +21,7 @@ os.environ.setdefault("GIT_COMMITTER_EMAIL", "tests@example.invalid")
 # Stage subprocesses inherit this: one thread each keeps parallel test work from thrashing 2 cores.
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
-sys.path.insert(0, str(Path(__file__).parent))   # tests/ helpers: fixtures_repo, workspace
+sys.path.insert(0, str(Path(__file__).parent / "helpers"))   # fixtures_repo, workspace, workers
 
 import pytest  # noqa: E402
 import torch  # noqa: E402

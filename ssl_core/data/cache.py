@@ -13,7 +13,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-SPLITS = ("unlabeled", "train", "val", "test")
+from ssl_core.fsutil import atomic_torch_save
+
+LABELED_SPLITS = ("train", "val", "test")   # also the folder names of a labeled set with its own splits
+SPLITS = ("unlabeled",) + LABELED_SPLITS
 
 
 @dataclass
@@ -27,20 +30,6 @@ class Split:
     def subset(self, idx) -> "Split":
         idx = torch.as_tensor(idx, dtype=torch.long)
         return Split(self.images[idx], self.labels[idx])
-
-
-def atomic_torch_save(obj, path: Path) -> None:
-    """Write to a temp file, fsync, rename: a crash never leaves a half-written file at `path`."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        with open(tmp, "wb") as fh:
-            torch.save(obj, fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def save_split(path: Path, images: np.ndarray, labels: np.ndarray) -> None:

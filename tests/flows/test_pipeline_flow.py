@@ -80,13 +80,13 @@ def test_champion_loads_and_classifies_like_the_local_classifier(first_run):
     root = first_run[0]
     from ssl_core.data.cache import load_split
     from ssl_core.models import Classifier
-    from ssl_core.stages.pretrain import build_encoder
+    from ssl_core.recipes import EncoderSpec, build_encoder
 
     model = mlflow.pytorch.load_model("models:/ssl-classifier@champion")
     test = load_split(root / "data/prepared", "test")
     x = test.images[:16].float() / 255
     spec = json.loads((root / "models/classifier.json").read_text())
-    local = Classifier(build_encoder(spec), spec["num_classes"]).eval()
+    local = Classifier(build_encoder(EncoderSpec.from_dict(spec)), spec["num_classes"]).eval()
     local.load_state_dict(torch.load(root / "models/classifier.pt", weights_only=True))
     with torch.no_grad():
         np.testing.assert_allclose(model(x).numpy(), local(x).numpy(), atol=1e-4)

@@ -1,5 +1,0 @@
-import sys
-
-from ssl_core.cli import main
-
-sys.exit(main())

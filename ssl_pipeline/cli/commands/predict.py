@@ -1,0 +1,53 @@
+"""`ssl-pipeline predict IMAGE_OR_FOLDER`: class and confidence per file, as CSV lines."""
+from __future__ import annotations
+
+import argparse
+import csv
+import sys
+from pathlib import Path
+
+
+def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
+    p = sub.add_parser("predict", parents=[common], help="classify images with the champion (or any) classifier")
+    p.add_argument("target", metavar="IMAGE_OR_FOLDER", help="an image file, or a folder searched recursively")
+    p.add_argument("--model", default=None,
+                   help="models:/NAME@ALIAS, models:/NAME/VERSION, runs:/ID/classifier, an MLflow model folder, "
+                        "or models/classifier.pt (default: models:/<tracking.classifier_name>@champion)")
+    p.add_argument("--out", default=None, metavar="CSV", help="also write path,class,confidence,error to this CSV")
+    p.set_defaults(func=run_predict)
+
+
+def _default_model(params_file: str) -> str:
+    from ssl_pipeline.serving.predict import DEFAULT_MODEL_NAME, default_model_uri
+
+    name = DEFAULT_MODEL_NAME
+    if Path(params_file).exists():   # predict also works outside a workspace (no params.yaml)
+        from ssl_pipeline.config.schema import load_params
+
+        name = load_params(params_file).tracking.classifier_name
+    return default_model_uri(name)
+
+
+def run_predict(args) -> int:
+    from ssl_pipeline.serving.predict import load_predictor, predict_files, write_csv
+
+    predictor = load_predictor(args.model or _default_model(args.params))
+    print(f"model: {predictor.source} ({predictor.channels}x{predictor.image_size}x{predictor.image_size}, "
+          f"{len(predictor.classes)} classes)", file=sys.stderr)
+    rows = predict_files(predictor, Path(args.target))
+    if not rows:
+        raise FileNotFoundError(f"no image files found in {args.target}")
+    good = [r for r in rows if not r["error"]]
+    writer = csv.writer(sys.stdout)
+    writer.writerow(("path", "class", "confidence"))
+    for row in good:
+        writer.writerow((row["path"], row["class"], f"{row['confidence']:.4f}"))
+    sys.stdout.flush()
+    for row in rows:
+        if row["error"]:
+            print(f"skipped {row['path']}: {row['error']}", file=sys.stderr)
+    if args.out:
+        write_csv(rows, Path(args.out))
+        print(f"wrote {args.out}", file=sys.stderr)
+    print(f"{len(good)} classified, {len(rows) - len(good)} skipped", file=sys.stderr)
+    return 0 if good else 1

@@ -1,0 +1,32 @@
+"""Where every stage's outputs live in the workspace (relative to its root): the one list the
+stages, the flows, registration, export and predict read. dvc.yaml names the same paths as the
+stages' outs; tests/pipeline/test_dvc_yaml.py keeps the two in step."""
+from __future__ import annotations
+
+from pathlib import Path
+
+# prepare (beside data.prepared_dir, which params.yaml names)
+QUARANTINE_CSV = Path("reports/quarantine.csv")
+LEAKAGE_CSV = Path("reports/leakage.csv")
+# pretrain
+ENCODER_PT = Path("models/encoder.pt")
+ENCODER_JSON = Path("models/encoder.json")
+PRETRAIN_METRICS_JSON = Path("metrics/pretrain.json")
+CURVE_CSV = Path("plots/pretrain.csv")
+# finetune
+CLASSIFIER_DIR = Path("models/classifiers")
+INDEX_CSV = CLASSIFIER_DIR / "index.csv"
+# evaluate
+TABLE_CSV = Path("reports/label_efficiency.csv")
+PLOT_PNG = Path("reports/label_efficiency.png")
+CONFUSION_PNG = Path("reports/confusion_matrix.png")
+EMBEDDING_PNG = Path("reports/embedding_map.png")
+VIEWS_PNG = Path("reports/augmented_views.png")
+CURVES_PNG = Path("reports/training_curves.png")
+EVALUATE_METRICS_JSON = Path("metrics/evaluate.json")
+CLASSIFIER_PT = Path("models/classifier.pt")
+CLASSIFIER_JSON = Path("models/classifier.json")
+# not DVC outputs: crash-safe state, removed once a result is recorded
+PRETRAIN_CHECKPOINT_DIR = Path("checkpoints/pretrain")
+DISTRIBUTED_HANDOFF_DIR = PRETRAIN_CHECKPOINT_DIR / "dist"   # shared by every node of a job
+COMPARE_CHECKPOINT_DIR = Path("checkpoints/compare")

@@ -1,0 +1,47 @@
+"""params.yaml -> the training core's recipes, and what a trained result depends on.
+
+The stages and the comparison build their recipes here, so a method compared trains and is
+evaluated exactly as the pipeline would train and evaluate it with pretrain.method set to it.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+from ssl_core.evaluation.grid import FinetuneRecipe
+from ssl_core.recipes import EncoderSpec, PretrainRecipe
+from ssl_pipeline.config.schema import Params
+from ssl_pipeline.versioning.workspace import dataset_md5s
+
+# pretrain knobs that do not change the trained weights: a checkpoint stays valid across them
+_NOT_TRAINING = {"log_every", "checkpoint_every", "knn_k", "knn_every", "device", "cache_on_device"}
+
+
+def encoder_spec(params: Params, meta: dict) -> EncoderSpec:
+    """The encoder params.yaml asks for, on the prepared data's channels and image size."""
+    p = params.pretrain
+    return EncoderSpec(backbone=p.backbone, in_channels=meta["channels"], image_size=meta["image_size"],
+                       small_stem=p.small_stem, stem_stride=p.stem_stride, width=p.width, method=p.method)
+
+
+def pretrain_recipe(params: Params, meta: dict) -> PretrainRecipe:
+    names = {f.name for f in dataclasses.fields(PretrainRecipe)} - {"encoder", "seed"}
+    knobs = params.pretrain.model_dump(include=names)
+    return PretrainRecipe(encoder=encoder_spec(params, meta), seed=params.seed, **knobs)
+
+
+def finetune_recipe(params: Params) -> FinetuneRecipe:
+    names = {f.name for f in dataclasses.fields(FinetuneRecipe)} - {"seed", "protocols"}
+    knobs = params.finetune.model_dump(include=names)
+    return FinetuneRecipe(protocols=tuple(params.finetune.protocols), seed=params.seed, **knobs)
+
+
+def checkpoint_fingerprint(params: Params, root: Path, meta: dict) -> str:
+    """What a pretraining checkpoint is only valid for: the training params and the data's identity.
+
+    Knobs that do not change the trained weights (logging, checkpoint interval, kNN monitor, device)
+    are left out, so e.g. a retry with another checkpoint_every still resumes."""
+    train_knobs = params.pretrain.model_dump(mode="json", exclude=_NOT_TRAINING)
+    return json.dumps({"seed": params.seed, "data": params.data.model_dump(mode="json"), "pretrain": train_knobs,
+                       "dvc_md5": dataset_md5s(root, params.data.raw_dir), "meta": meta}, sort_keys=True)

@@ -1,0 +1,155 @@
+"""Classify image files with a trained classifier: from the MLflow registry or local files.
+
+Models:
+- an MLflow URI (`models:/ssl-classifier@champion`, `models:/ssl-classifier/3`, `runs:/<id>/classifier`)
+  or a local MLflow model folder (holding an MLmodel file): loaded with mlflow.pytorch.load_model
+  (a torch.export program: nothing is unpickled). The input size and channels come from the
+  model signature ([-1, C, S, S]); class names from the model's metadata ("classes"), else from
+  models/classifier.json when it describes the same run, else the class indices.
+- a local `models/classifier.pt` (state_dict) beside its `models/classifier.json` (architecture,
+  image_size, in_channels, classes), loaded with weights_only=True.
+
+Images are decoded exactly as in training (ssl_core.data.images: shorter side resized, centre
+crop, converted to the model's channels). Files that cannot be used are reported, never fatal.
+"""
+from __future__ import annotations
+
+import csv
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterable
+
+import torch
+
+from ssl_core.data.images import decode_images
+from ssl_core.data.listing import list_unlabeled
+from ssl_pipeline.outputs import CLASSIFIER_JSON
+
+DEFAULT_MODEL_NAME = "ssl-classifier"
+CHUNK = 256   # images decoded and classified at a time (bounded memory for big folders)
+COLUMNS = ("path", "class", "confidence", "error")
+
+
+@dataclass
+class Predictor:
+    model: Callable[[torch.Tensor], torch.Tensor]   # float [B, C, S, S] in [0, 1] -> logits [B, K]
+    image_size: int
+    channels: int
+    classes: list[str]
+    source: str
+
+    def logits(self, images: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            return self.model(images)
+
+
+def default_model_uri(name: str = DEFAULT_MODEL_NAME) -> str:
+    return f"models:/{name}@champion"
+
+
+def _load_local_state_dict(path: Path) -> Predictor:
+    from ssl_core.models import Classifier
+    from ssl_core.recipes import EncoderSpec, build_encoder
+
+    if path.is_dir():
+        path = path / "classifier.pt"
+    spec_path = path.with_suffix(".json")
+    if not path.exists() or not spec_path.exists():
+        raise FileNotFoundError(f"a local classifier needs {path} and its spec {spec_path}")
+    spec = json.loads(spec_path.read_text())
+    model = Classifier(build_encoder(EncoderSpec.from_dict(spec)), int(spec["num_classes"]))
+    model.load_state_dict(torch.load(path, weights_only=True, map_location="cpu"))
+    model.eval()
+    return Predictor(model, int(spec["image_size"]), int(spec["in_channels"]), [str(c) for c in spec["classes"]],
+                     str(path))
+
+
+def _classes_for(info, num_classes: int, root: Path) -> list[str]:
+    meta = info.metadata or {}
+    if meta.get("classes"):
+        return [str(c) for c in meta["classes"]]
+    local = root / CLASSIFIER_JSON
+    if local.exists():
+        spec = json.loads(local.read_text())
+        if spec.get("run_id") == info.run_id and len(spec.get("classes", [])) == num_classes:
+            return [str(c) for c in spec["classes"]]
+    return [str(i) for i in range(num_classes)]
+
+
+def _load_mlflow(uri: str, root: Path) -> Predictor:
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    from ssl_pipeline.tracking import runs as tracking
+
+    mlflow.set_tracking_uri(tracking.tracking_uri())
+    try:
+        info = mlflow.models.get_model_info(uri)
+        model = mlflow.pytorch.load_model(uri, map_location="cpu")
+    except (MlflowException, OSError) as err:
+        raise FileNotFoundError(f"cannot load the model {uri} from {tracking.tracking_uri()}: "
+                                f"{str(err).splitlines()[0][:200]}") from None
+    spec = info.signature.inputs.inputs[0] if info.signature is not None else None
+    shape = tuple(getattr(spec, "shape", ()) or ())
+    if len(shape) != 4 or shape[2] != shape[3]:
+        raise ValueError(f"the model {uri} has no image input signature [-1, C, S, S] (found {shape or 'none'})")
+    outputs = info.signature.outputs.inputs[0].shape if info.signature.outputs else (-1, 0)
+    classes = _classes_for(info, int(outputs[-1]), root)
+    return Predictor(model, int(shape[2]), int(shape[1]), classes, uri)
+
+
+def load_predictor(model: str | None = None, root: Path = Path(".")) -> Predictor:
+    """Load `model` (see module docstring); None means the registry's champion classifier."""
+    model = model or default_model_uri()
+    path = Path(model)
+    if "://" not in model and ":/" not in model and path.exists():
+        if (path / "MLmodel").exists():
+            return _load_mlflow(str(path.resolve()), root)
+        return _load_local_state_dict(path)
+    if model.endswith(".pt"):
+        raise FileNotFoundError(f"model file {model} not found")
+    return _load_mlflow(model, root)
+
+
+def list_inputs(target: Path) -> tuple[Path, list[Path], list[tuple[str, str]]]:
+    """(base folder, image files, [(path, reason)] left out) for a file or a folder (recursive)."""
+    target = Path(target)
+    if target.is_file():
+        return target.parent, [target], []
+    if not target.is_dir():
+        raise FileNotFoundError(f"no such image or folder: {target}")
+    files, rejected = list_unlabeled(target)
+    return target, files, [(str(target / r.path), r.reason) for r in rejected]
+
+
+def predict_files(predictor: Predictor, target: Path,
+                  progress: Callable[[int, int], None] | None = None) -> list[dict]:
+    """One row per file: {path, class, confidence, error}; unusable files have an error instead."""
+    base, files, skipped = list_inputs(target)
+    rows = [{"path": p, "class": "", "confidence": "", "error": why} for p, why in skipped]
+    for start in range(0, len(files), CHUNK):
+        chunk = files[start:start + CHUNK]
+        decoded = decode_images([(p, -1) for p in chunk], base, predictor.image_size, predictor.channels)
+        rows += [{"path": str(base / r.path), "class": "", "confidence": "", "error": r.reason}
+                 for r in decoded.rejected]
+        if len(decoded.paths):
+            images = torch.from_numpy(decoded.images).float() / 255
+            probs = torch.softmax(predictor.logits(images).float(), dim=1)
+            conf, idx = probs.max(dim=1)
+            for rel, k, c in zip(decoded.paths, idx.tolist(), conf.tolist()):
+                name = predictor.classes[k] if k < len(predictor.classes) else str(k)
+                rows.append({"path": str(base / rel), "class": name, "confidence": round(c, 4), "error": ""})
+        if progress is not None:
+            progress(min(start + CHUNK, len(files)), len(files))
+    rows.sort(key=lambda r: r["path"])
+    return rows
+
+
+def write_csv(rows: Iterable[dict], out: Path) -> None:
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with open(out, "w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=COLUMNS)
+        writer.writeheader()
+        writer.writerows(rows)
