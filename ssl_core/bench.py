@@ -12,7 +12,7 @@ phase-to-phase noise of a shared machine. A sample is one image turned into all 
 SimCLR). On CUDA every path runs with channels_last and bf16 autocast and synchronises only around the
 timed regions; (a) slices its batches from a copy of the cache on the GPU and makes its views through
 torch.compile (--cache-on-device, --compile-augment), (c) uses pinned memory and non_blocking copies.
-Run: `python -m ssl_pipeline.bench --help` (the CLI's `bench` command calls run()).
+Run: `python -m ssl_core.bench --help` (the CLI's `bench` command calls run()).
 """
 from __future__ import annotations
 
@@ -151,116 +151,136 @@ def _timed(step: Callable[[], None], steps: int, device: torch.device) -> tuple[
     return time.perf_counter() - start, _cpu_seconds() - cpu
 
 
-def run(args: argparse.Namespace) -> dict:
-    device = resolve_device(args.device)
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    torch.manual_seed(args.seed)
-    c, s, b = args.channels, args.image_size, args.batch_size
-    cuda = device.type == "cuda"
-    channels_last = args.channels_last == "on" or (args.channels_last == "auto" and cuda)
-    on_device = args.cache_on_device == "on" or (args.cache_on_device == "auto" and cuda)
-    compile_augment = args.compile_augment == "on" or (args.compile_augment == "auto" and cuda)
-    backbone = build_backbone(args.backbone, c, s, small_stem=args.small_stem, width=args.width,
-                              stem_stride=args.stem_stride)
-    method = get_method_class(args.method).build(backbone, {}, {}, (c, s, s)).to(device)
-    if channels_last:
-        method = method.to(memory_format=torch.channels_last)
-    if args.compile:
-        method.backbone.compile()   # in place, as pretrain.compile does
-    method.train()
-    optimizer = build_optimizer(method, args.optimizer, 1e-3, 1e-4)
-    autocast = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if cuda else contextlib.nullcontext
-    cache = synthetic_cache(args.cache_images or 4 * b, c, s, args.seed)
-    # (a)'s batches: indexed where the cache lives (on the device: no host work, no copy per step)
-    source = cache.to(device) if on_device else cache
-    sample_gen = torch.Generator(device=source.device).manual_seed(args.seed)
-    step_count = [0]
+class StepBench:
+    """One method on one device, with what every phase shares: the optimizer, the uint8 cache, the
+    batch whose recorded views (b) replays, and a step counter that seeds each step's generator."""
 
-    def optimizer_step(batch: torch.Tensor, views: list[torch.Tensor] | None) -> None:
-        gen = step_generator(args.seed, step_count[0], device)
-        step_count[0] += 1
-        with replay_views(views) if views is not None else contextlib.nullcontext(), autocast():
-            train_step(method, optimizer, batch, gen)
-        method.after_step(0.5)   # momentum-encoder updates etc. are part of a real step
+    def __init__(self, args: argparse.Namespace):
+        self.args = args
+        self.device = device = resolve_device(args.device)
+        if args.threads:
+            torch.set_num_threads(args.threads)
+        torch.manual_seed(args.seed)
+        c, s, self.b = args.channels, args.image_size, args.batch_size
+        self.cuda = cuda = device.type == "cuda"
+        self.channels_last = args.channels_last == "on" or (args.channels_last == "auto" and cuda)
+        self.on_device = args.cache_on_device == "on" or (args.cache_on_device == "auto" and cuda)
+        self.compile_augment = args.compile_augment == "on" or (args.compile_augment == "auto" and cuda)
+        backbone = build_backbone(args.backbone, c, s, small_stem=args.small_stem, width=args.width,
+                                  stem_stride=args.stem_stride)
+        self.method = get_method_class(args.method).build(backbone, {}, {}, (c, s, s)).to(device)
+        if self.channels_last:
+            self.method = self.method.to(memory_format=torch.channels_last)
+        if args.compile:
+            self.method.backbone.compile()   # in place, as pretrain.compile does
+        self.method.train()
+        self.optimizer = build_optimizer(self.method, args.optimizer, 1e-3, 1e-4)
+        self.autocast = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if cuda else contextlib.nullcontext
+        self.cache = synthetic_cache(args.cache_images or 4 * self.b, c, s, args.seed)
+        # (a)'s batches: indexed where the cache lives (on the device: no host work, no copy per step)
+        self.source = self.cache.to(device) if self.on_device else self.cache
+        self.sample_gen = torch.Generator(device=self.source.device).manual_seed(args.seed)
+        self.steps_done = 0
+        self.fixed_batch = self.to_device(self.cache[:self.b])
+        with record_views() as recorded, torch.no_grad(), self.autocast():
+            self.method.loss(self.fixed_batch, step_generator(args.seed, 0, device))
+        if not recorded:
+            raise RuntimeError(f"method {args.method!r} makes no views through augment_batch: nothing to compare")
+        self.recorded = recorded   # (b) replays these views every step
+        self.timed_steps = args.rounds * args.steps
 
-    def to_device(batch: torch.Tensor) -> torch.Tensor:
-        return batch.pin_memory().to(device, non_blocking=True) if cuda else batch.to(device)
+    def to_device(self, batch: torch.Tensor) -> torch.Tensor:
+        return batch.pin_memory().to(self.device, non_blocking=True) if self.cuda else batch.to(self.device)
 
-    def next_batch() -> torch.Tensor:
-        batch = source[torch.randint(len(source), (b,), generator=sample_gen, device=source.device)]
-        return batch if on_device else to_device(batch)
+    def next_batch(self) -> torch.Tensor:
+        idx = torch.randint(len(self.source), (self.b,), generator=self.sample_gen, device=self.source.device)
+        batch = self.source[idx]
+        return batch if self.on_device else self.to_device(batch)
 
-    def full_step() -> None:   # (a)
-        with compiled_augment(compile_augment, device):
-            optimizer_step(next_batch(), None)
+    def optimizer_step(self, batch: torch.Tensor, views: list[torch.Tensor] | None) -> None:
+        gen = step_generator(self.args.seed, self.steps_done, self.device)
+        self.steps_done += 1
+        with replay_views(views) if views is not None else contextlib.nullcontext(), self.autocast():
+            train_step(self.method, self.optimizer, batch, gen)
+        self.method.after_step(0.5)   # momentum-encoder updates etc. are part of a real step
 
-    # (b): record the views this method makes for one batch, then replay them every step
-    fixed_batch = to_device(cache[:b])
-    with record_views() as recorded, torch.no_grad(), autocast():
-        method.loss(fixed_batch, step_generator(args.seed, 0, device))
-    if not recorded:
-        raise RuntimeError(f"method {args.method!r} makes no views through augment_batch: nothing to compare")
-    premade = [r.views for r in recorded]
+    def full_step(self) -> None:   # (a)
+        with compiled_augment(self.compile_augment, self.device):
+            self.optimizer_step(self.next_batch(), None)
 
-    def model_only_step() -> None:
-        optimizer_step(fixed_batch, premade)
+    def model_only_step(self) -> None:   # (b)
+        self.optimizer_step(self.fixed_batch, [r.views for r in self.recorded])
 
-    if cuda:
-        torch.cuda.reset_peak_memory_stats(device)
-    seconds = {"full": 0.0, "model_only": 0.0, "baseline": 0.0}
-    cpu = dict(seconds)
-    for _ in range(args.warmup_steps):
-        model_only_step()
-        full_step()
-    for _ in range(args.rounds):
-        for phase, step in (("model_only", model_only_step), ("full", full_step)):
-            wall, used = _timed(step, args.steps, device)
-            seconds[phase] += wall
-            cpu[phase] += used
-    peak = {"full_and_model_only": _peak_memory_mb(device)}
-
-    def data_path() -> None:   # (a)'s data work alone: index the cache, copy, make every view
-        batch = next_batch()
-        gen = step_generator(args.seed, 0, device)
-        with compiled_augment(compile_augment, device):
-            for r in recorded:
+    def data_path(self) -> None:   # (a)'s data work alone: index the cache, copy, make every view
+        batch = self.next_batch()
+        gen = step_generator(self.args.seed, 0, self.device)
+        with compiled_augment(self.compile_augment, self.device):
+            for r in self.recorded:
                 augment_batch(batch, r.cfg, gen, r.out_size)
 
-    data_reps = max(args.rounds * args.steps, 20)
-    data_path()
-    data_seconds = _timed(data_path, data_reps, device)[0] / data_reps
+    def time_full_and_model_only(self) -> tuple[dict, dict, float]:
+        """(a) and (b) alternately, so load from other processes hits both alike: (seconds, CPU seconds,
+        peak memory)."""
+        if self.cuda:
+            torch.cuda.reset_peak_memory_stats(self.device)
+        seconds, cpu = {"full": 0.0, "model_only": 0.0}, {"full": 0.0, "model_only": 0.0}
+        for _ in range(self.args.warmup_steps):
+            self.model_only_step()
+            self.full_step()
+        for _ in range(self.args.rounds):
+            for phase, step in (("model_only", self.model_only_step), ("full", self.full_step)):
+                wall, used = _timed(step, self.args.steps, self.device)
+                seconds[phase] += wall
+                cpu[phase] += used
+        return seconds, cpu, _peak_memory_mb(self.device)
 
-    # (c): one torchvision Compose per recorded view, same recipe and size
-    transforms = [pil_transform(r.cfg, r.out_size, c) for r in recorded]
-    workers = args.baseline_workers
-    # the first 2 x workers batches are prefetched while the warm-up runs: keep them out of the timing
-    warmup = args.warmup_steps + 2 * workers
-    timed_steps = args.rounds * args.steps
-    loader = DataLoader(PILViewsDataset(cache, transforms), batch_size=b, drop_last=True, num_workers=workers,
-                        sampler=RandomSampler(range(len(cache)), replacement=True, num_samples=(warmup + timed_steps) * b,
-                                              generator=torch.Generator().manual_seed(args.seed)),
-                        persistent_workers=workers > 0, pin_memory=cuda)
-    children_cpu = _cpu_seconds(children=True)
-    batches = iter(loader)
+    def time_data_path(self) -> float:
+        reps = max(self.timed_steps, 20)
+        self.data_path()
+        return _timed(self.data_path, reps, self.device)[0] / reps
 
-    def baseline_step() -> None:
-        views = [v.to(device, non_blocking=True) for v in next(batches)]
-        optimizer_step(fixed_batch, views)
+    def time_baseline(self) -> tuple[float, float, float, float]:
+        """(c): one torchvision Compose per recorded view, same recipe and size, DataLoader workers.
+        Returns (seconds, CPU seconds including the workers' share, the workers' share, peak memory)."""
+        workers = self.args.baseline_workers
+        # the first 2 x workers batches are prefetched while the warm-up runs: keep them out of the timing
+        warmup = self.args.warmup_steps + 2 * workers
+        transforms = [pil_transform(r.cfg, r.out_size, self.args.channels) for r in self.recorded]
+        sampler = RandomSampler(range(len(self.cache)), replacement=True, num_samples=(warmup + self.timed_steps) * self.b,
+                                generator=torch.Generator().manual_seed(self.args.seed))
+        loader = DataLoader(PILViewsDataset(self.cache, transforms), batch_size=self.b, drop_last=True,
+                            num_workers=workers, sampler=sampler, persistent_workers=workers > 0, pin_memory=self.cuda)
+        children_cpu = _cpu_seconds(children=True)
+        batches = iter(loader)
 
-    if cuda:
-        torch.cuda.reset_peak_memory_stats(device)
-    for _ in range(warmup):
-        baseline_step()
-    seconds["baseline"], cpu["baseline"] = _timed(baseline_step, timed_steps, device)
-    peak["baseline"] = _peak_memory_mb(device)
-    del batches, loader   # stops (and joins) the worker processes: their CPU time becomes readable
-    # workers made exactly warmup + timed_steps batches; charge each timed step its share
-    workers_cpu = (_cpu_seconds(children=True) - children_cpu) * timed_steps / (warmup + timed_steps)
-    cpu["baseline"] += workers_cpu
+        def baseline_step() -> None:
+            self.optimizer_step(self.fixed_batch, [v.to(self.device, non_blocking=True) for v in next(batches)])
 
-    samples = {phase: timed_steps * b / sec for phase, sec in seconds.items()}
-    model_ms = 1000 * seconds["model_only"] / timed_steps
+        if self.cuda:
+            torch.cuda.reset_peak_memory_stats(self.device)
+        for _ in range(warmup):
+            baseline_step()
+        seconds, cpu = _timed(baseline_step, self.timed_steps, self.device)
+        peak = _peak_memory_mb(self.device)
+        del batches, loader   # stops (and joins) the worker processes: their CPU time becomes readable
+        # workers made exactly warmup + timed_steps batches; charge each timed step its share
+        workers_cpu = (_cpu_seconds(children=True) - children_cpu) * self.timed_steps / (warmup + self.timed_steps)
+        return seconds, cpu + workers_cpu, workers_cpu, peak
+
+
+def run(args: argparse.Namespace) -> dict:
+    bench = StepBench(args)
+    seconds, cpu, peak_a = bench.time_full_and_model_only()
+    data_seconds = bench.time_data_path()
+    seconds["baseline"], cpu["baseline"], workers_cpu, peak_c = bench.time_baseline()
+    return report(bench, seconds, cpu, data_seconds, workers_cpu,
+                  {"full_and_model_only": peak_a, "baseline": peak_c})
+
+
+def report(bench: StepBench, seconds: dict, cpu: dict, data_seconds: float, workers_cpu: float, peak: dict) -> dict:
+    args, steps, cuda = bench.args, bench.timed_steps, bench.cuda
+    samples = {phase: steps * bench.b / sec for phase, sec in seconds.items()}
+    model_ms = 1000 * seconds["model_only"] / steps
     return {
         "full_samples_per_s": samples["full"],
         "model_only_samples_per_s": samples["model_only"],
@@ -271,48 +291,48 @@ def run(args: argparse.Namespace) -> dict:
         # ratio of the two parts is not blurred by the step-time noise of a shared machine
         "full_over_model_only_from_parts": model_ms / (model_ms + 1000 * data_seconds),
         "data_path_ms_per_step": 1000 * data_seconds,
-        "full_step_ms": 1000 * seconds["full"] / timed_steps,
+        "full_step_ms": 1000 * seconds["full"] / steps,
         "model_only_step_ms": model_ms,
-        "baseline_step_ms": 1000 * seconds["baseline"] / timed_steps,
+        "baseline_step_ms": 1000 * seconds["baseline"] / steps,
         # CPU time (all processes) per step: the work each recipe costs, much less sensitive than
         # wall time to other processes competing for the same cores
-        "cpu_ms_per_step": {phase: 1000 * sec / timed_steps for phase, sec in cpu.items()},
-        "baseline_workers_cpu_ms_per_step": 1000 * workers_cpu / timed_steps,
+        "cpu_ms_per_step": {phase: 1000 * sec / steps for phase, sec in cpu.items()},
+        "baseline_workers_cpu_ms_per_step": 1000 * workers_cpu / steps,
         "peak_memory_mb": max(peak.values()),
         "peak_memory_mb_by_phase": peak,
         "peak_memory_kind": "cuda max_memory_allocated" if cuda else "process max RSS (ru_maxrss)",
-        "device": str(device),
-        "device_name": torch.cuda.get_device_name(device) if cuda else (platform.processor() or platform.machine()),
+        "device": str(bench.device),
+        "device_name": torch.cuda.get_device_name(bench.device) if cuda else (platform.processor() or platform.machine()),
         "cpu_count": os.cpu_count(),
         "threads": torch.get_num_threads(),
         "torch": torch.__version__,
         "torchvision": torchvision.__version__,
         "bf16_autocast": cuda,
-        "channels_last": channels_last,
+        "channels_last": bench.channels_last,
         "compile": args.compile,
-        "compile_augment": compile_augment,
-        "cache_on_device": on_device,
+        "compile_augment": bench.compile_augment,
+        "cache_on_device": bench.on_device,
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "config": {
             "method": args.method, "backbone": args.backbone, "small_stem": args.small_stem,
             "stem_stride": args.stem_stride, "width": args.width,
-            "image_size": s, "channels": c, "batch_size": b, "steps": args.steps, "rounds": args.rounds,
-            "timed_steps_per_phase": timed_steps, "warmup_steps": args.warmup_steps,
-            "baseline_workers": workers, "optimizer": args.optimizer, "cache_images": len(cache),
-            "views": [{"out_size": r.out_size, **dataclasses.asdict(r.cfg)} for r in recorded],
+            "image_size": args.image_size, "channels": args.channels, "batch_size": bench.b, "steps": args.steps,
+            "rounds": args.rounds, "timed_steps_per_phase": steps, "warmup_steps": args.warmup_steps,
+            "baseline_workers": args.baseline_workers, "optimizer": args.optimizer, "cache_images": len(bench.cache),
+            "views": [{"out_size": r.out_size, **dataclasses.asdict(r.cfg)} for r in bench.recorded],
         },
     }
 
 
 def main(argv: list[str] | None = None) -> dict:
-    parser = argparse.ArgumentParser(prog="python -m ssl_pipeline.bench", description=__doc__,
+    parser = argparse.ArgumentParser(prog="python -m ssl_core.bench", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     add_arguments(parser)
     return run_and_report(parser.parse_args(argv))
 
 
 def run_and_report(args: argparse.Namespace) -> dict:
-    """run(), print the JSON and write it to --output (the CLI's `bench` and `python -m ssl_pipeline.bench`)."""
+    """run(), print the JSON and write it to --output (the CLI's `bench` and `python -m ssl_core.bench`)."""
     result = run(args)
     text = json.dumps(result, indent=2)
     print(text)

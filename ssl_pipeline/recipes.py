@@ -10,7 +10,8 @@ import json
 from pathlib import Path
 
 from ssl_core.evaluation.grid import FinetuneRecipe
-from ssl_core.recipes import EncoderSpec, PretrainRecipe
+from ssl_core.models.spec import EncoderSpec
+from ssl_core.recipes import PretrainRecipe
 from ssl_pipeline.config.schema import Params
 from ssl_pipeline.versioning.workspace import dataset_md5s
 

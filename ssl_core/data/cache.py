@@ -6,7 +6,6 @@ and is read with weights_only=True, so nothing in it is unpickled as code.
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 

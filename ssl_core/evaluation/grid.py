@@ -15,7 +15,7 @@ from ssl_core.augment import AugmentConfig
 from ssl_core.data.cache import Split
 from ssl_core.evaluation.protocols import FitConfig, accuracy, extract_features, fit_classifier, fit_linear_probe, knn_predict
 from ssl_core.models.heads import Classifier
-from ssl_core.recipes import EncoderSpec, build_encoder
+from ssl_core.models.spec import EncoderSpec, build_encoder
 
 Fractions = dict[str, dict[str, list[int]]]   # {fraction: {seed: [indices into train]}}
 Note = Callable[[str], None]

@@ -6,15 +6,14 @@ regresses the target projection of the other: loss(p, z) = 2 - 2 * cos(p, z), su
 directions as in the paper. Target momentum: base_momentum -> 1.0 by cosine over training
 (`after_step`). The target network is a submodule, so checkpoints carry it.
 
-Budget: BYOL learns slower than the contrastive methods on small data, so the comparison gives it 150
-epochs (compare.method_epochs in params.yaml) against the others' 50.
+Budget: BYOL learns slower than the contrastive methods on small data, so the comparison gives it
+more epochs (compare.method_epochs in params.yaml).
 
 Recipe: the standard SimCLR/BYOL colour recipe, except crops cover 50-100 % of the image rather than
 20-100 %: BYOL regresses one view's embedding onto the other's, and on 28 px digits a 20 % crop often
-keeps too little of the digit to predict from. On the MNIST demo (stride-1 width-8 ResNet, batch 64,
-100 epochs, one thread) kNN test at epoch 50 went from 0.825 to 0.889 (seed 2); see README for the
-finals. BYOL's asymmetric solarisation (0 / 0.2 per view) is folded into one symmetric probability of
-0.1, and blur is off as is usual at 32 px.
+keeps too little of the digit to predict from (measured: docs/method-knobs.md). BYOL's asymmetric
+solarisation (0 / 0.2 per view) is folded into one symmetric probability of 0.1, and blur is off as
+is usual at 32 px.
 """
 from __future__ import annotations
 
@@ -39,8 +38,8 @@ class BYOL(SSLMethod):
 
     @dataclass
     class Params:
-        base_momentum: float = 0.9     # paper: 0.996 for long runs. 30-epoch demo, kNN val/test: 0.99 0.68/0.66,
-                                       # 0.95 0.79/0.80, 0.9 0.81/0.80, 0.7 0.75/0.78 (short runs need a fast target)
+        base_momentum: float = 0.9     # paper: 0.996 for long runs; short runs need a fast target
+                                       # (docs/method-knobs.md)
         projection_dim: int = 256
         hidden_dim: int = 1024         # paper: 4096, scaled to the small encoders
 

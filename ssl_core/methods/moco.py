@@ -89,8 +89,8 @@ class MoCo(SSLMethod):
         version: str = "v2"            # "v2" (queue) | "v3" (predictor, in-batch negatives)
         temperature: float = 0.2
         base_momentum: float = 0.99    # cosine-scheduled to 1.0
-        queue_size: int = 256          # v2 only. Paper: 65536 (4.7 % of ImageNet). On the 4k-image demo,
-                                       # 4 batches of keys: kNN 0.927 at batch 64 (1024: 0.909; older keys are staler)
+        queue_size: int = 256          # v2 only. Paper: 65536; a few batches of keys on small data
+                                       # (older keys are staler): docs/method-knobs.md
         projection_dim: int = 128
         hidden_dim: int = 1024
         bn_splits: int = 4             # key-encoder BatchNorm groups (shuffle-BN); 1 disables

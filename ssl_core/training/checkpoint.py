@@ -11,9 +11,7 @@ unpickled as code.
 from __future__ import annotations
 
 import hashlib
-import io
 import logging
-import os
 import random
 from pathlib import Path
 

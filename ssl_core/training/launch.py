@@ -4,7 +4,7 @@ The pretrain stage uses it when `pretrain.nproc_per_node * pretrain.nnodes > 1`:
 
     python -m torch.distributed.run --nproc-per-node N --nnodes M --max-restarts 0 --log-dir TMP
         (--standalone | --rdzv-backend c10d --rdzv-endpoint HOST:PORT --rdzv-id ID)
-        -m ssl_core.training.worker --root ... --params ... --out ...
+        -m ssl_core.recipes.distributed --root ... --params ... --out ...
 
 Knobs (params.yaml, section pretrain):
 - nproc_per_node: processes on this machine; one per GPU (rank i uses cuda:i, NCCL), or several

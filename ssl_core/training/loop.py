@@ -102,6 +102,43 @@ def _save_checkpoint(checkpointer, method, optimizer, scheduler, state: TrainSta
     checkpointer.save(method, optimizer, scheduler, state)
 
 
+@dataclass
+class _Setup:
+    """What the loop needs besides the method: built once, before the first (or resumed) step."""
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    loss_fn: Callable
+    images_u8: torch.Tensor
+    global_batch: int
+    steps_per_epoch: int
+    total_steps: int
+    state: TrainState
+
+
+def _set_up(method: nn.Module, images_u8: torch.Tensor, cfg: TrainConfig, device: torch.device,
+            checkpointer) -> _Setup:
+    method.to(device)
+    if cfg.channels_last:
+        method.to(memory_format=torch.channels_last)
+    if cfg.compile:
+        method.backbone.compile()
+    world = dist_utils.world_size()
+    if cfg.batch_size < world:
+        raise ValueError(f"batch size {cfg.batch_size} is smaller than the {world} processes it is split over")
+    global_batch = cfg.batch_size // world * world   # every rank gets the same share
+    loss_fn = dist_utils.loss_fn_for(method, device)   # DDP when distributed: gradients averaged over ranks
+    spe = steps_per_epoch(images_u8.shape[0], global_batch)
+    total = spe * cfg.epochs
+    optimizer = build_optimizer(method, cfg.optimizer, cfg.lr, cfg.weight_decay)
+    scheduler = warmup_cosine(optimizer, warmup_steps=spe * cfg.warmup_epochs, total_steps=total)
+    state = TrainState()
+    if checkpointer is not None:
+        state = checkpointer.restore(method, optimizer, scheduler) or state
+    if cfg.cache_on_device:
+        images_u8 = images_u8.to(device)
+    return _Setup(optimizer, scheduler, loss_fn, images_u8, global_batch, spe, total, state)
+
+
 def pretrain(method: nn.Module, images_u8: torch.Tensor, cfg: TrainConfig,
              on_epoch_end: Callable[[int, dict], None] | None = None,
              on_step: Callable[[TrainState, float], None] | None = None,
@@ -113,26 +150,10 @@ def pretrain(method: nn.Module, images_u8: torch.Tensor, cfg: TrainConfig,
     checkpoints. A run restored mid-epoch continues with the same batches, augmentations and epoch mean.
     """
     device = torch.device(cfg.device)
-    method.to(device)
-    if cfg.channels_last:
-        method.to(memory_format=torch.channels_last)
-    if cfg.compile:
-        method.backbone.compile()
+    run = _set_up(method, images_u8, cfg, device, checkpointer)
+    optimizer, scheduler, state, images_u8 = run.optimizer, run.scheduler, run.state, run.images_u8
     world, rank = dist_utils.world_size(), dist_utils.rank()
-    if cfg.batch_size < world:
-        raise ValueError(f"batch size {cfg.batch_size} is smaller than the {world} processes it is split over")
-    global_batch = cfg.batch_size // world * world   # every rank gets the same share
-    loss_fn = dist_utils.loss_fn_for(method, device)   # DDP when distributed: gradients averaged over ranks
-    n = images_u8.shape[0]
-    spe = steps_per_epoch(n, global_batch)
-    total = spe * cfg.epochs
-    optimizer = build_optimizer(method, cfg.optimizer, cfg.lr, cfg.weight_decay)
-    scheduler = warmup_cosine(optimizer, warmup_steps=spe * cfg.warmup_epochs, total_steps=total)
-    state = TrainState()
-    if checkpointer is not None:
-        state = checkpointer.restore(method, optimizer, scheduler) or state
-    if cfg.cache_on_device:
-        images_u8 = images_u8.to(device)
+    n, spe, global_batch = images_u8.shape[0], run.steps_per_epoch, run.global_batch
     pinned = device.type == "cuda" and not cfg.cache_on_device
     method.train()
     with compiled_augment(cfg.compile_augment, device):   # a no-op when off
@@ -146,10 +167,10 @@ def pretrain(method: nn.Module, images_u8: torch.Tensor, cfg: TrainConfig,
                 batch = images_u8[idx]
                 batch = batch.pin_memory().to(device, non_blocking=True) if pinned else batch.to(device)
                 gen = step_generator(cfg.seed, state.global_step * world + rank, device)
-                loss, _ = train_step(method, optimizer, batch, gen, loss_fn, cfg.bf16)
+                loss, _ = train_step(method, optimizer, batch, gen, run.loss_fn, cfg.bf16)
                 loss = dist_utils.mean_across_ranks(loss)   # the global batch's loss, the same on every rank
                 scheduler.step()
-                method.after_step((state.global_step + 1) / total)
+                method.after_step((state.global_step + 1) / run.total_steps)
                 losses.append(loss)
                 state.global_step += 1
                 state.step_in_epoch = step + 1

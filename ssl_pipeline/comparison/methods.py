@@ -25,7 +25,8 @@ from ssl_core.data.cache import SPLITS, Split, load_fractions, load_meta, load_s
 from ssl_core.evaluation.grid import EvalData, fit_rows, knn_rows, scratch_encoder
 from ssl_core.evaluation.protocols import effective_rank, extract_features
 from ssl_core.methods import get_method_class
-from ssl_core.recipes import PretrainData, build_encoder, build_method, epoch_metrics, pretrain_method
+from ssl_core.models.spec import build_encoder
+from ssl_core.recipes import PretrainData, build_method, epoch_metrics, pretrain_method
 from ssl_core.training.checkpoint import Checkpointer
 from ssl_core.training.runtime import setup_torch
 from ssl_pipeline.comparison.results import (load_finished, log_rows, result_fingerprint, reuse_finished,

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Literal
+from typing import Literal, Union
 
 from pydantic import BaseModel
 
@@ -42,15 +42,20 @@ def params_comments(path: str | Path = PARAMS_FILE) -> dict[str, str]:
     return comments
 
 
-def _type_name(field) -> str:
-    ann = field.annotation
-    args = getattr(ann, "__args__", None)
-    if getattr(ann, "__origin__", None) is Literal or (args and str(ann).startswith("typing.Literal")):
+def _annotation_name(ann) -> str:
+    args = getattr(ann, "__args__", None) or ()
+    origin = getattr(ann, "__origin__", None)
+    if origin is Literal:
         return " \\| ".join(json.dumps(a) for a in args)
-    text = getattr(ann, "__name__", None) or str(ann).replace("typing.", "")
+    if origin is Union or type(ann).__name__ == "UnionType":
+        return " \\| ".join(_annotation_name(a) for a in args)
+    return getattr(ann, "__name__", None) or str(ann).replace("typing.", "")
+
+
+def _type_name(field) -> str:
     bounds = [f"{op} {getattr(m, attr)}" for m in field.metadata for attr, op in
               (("ge", "≥"), ("gt", ">"), ("le", "≤"), ("lt", "<")) if getattr(m, attr, None) is not None]
-    return text + (f" ({', '.join(bounds)})" if bounds else "")
+    return _annotation_name(field.annotation) + (f" ({', '.join(bounds)})" if bounds else "")
 
 
 def reference_markdown(params_file: str | Path = PARAMS_FILE) -> str:

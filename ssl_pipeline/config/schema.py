@@ -69,7 +69,7 @@ class PretrainParams(_Section):
     weight_decay: float = Field(1e-4, ge=0)
     warmup_epochs: int = Field(2, ge=0)
     method_params: dict[str, Any] = Field(default_factory=dict)
-    augment: dict[str, Any] = Field(default_factory=dict)
+    augment: dict[str, Any] = Field(default_factory=lambda: {"hflip_p": 0.0})   # digits are not mirror-symmetric
     knn_k: int = Field(20, ge=1)
     knn_every: int = Field(1, ge=0)  # epochs between kNN monitor runs; 0 = after the last epoch only
     device: Literal["auto", "cpu", "cuda"] = "auto"
@@ -107,7 +107,8 @@ class FinetuneParams(_Section):
     weight_decay: float = Field(1e-4, ge=0)
     min_steps: int = Field(300, ge=0)
     head_init: Literal["probe", "random"] = "random"   # fine-tuning's head: a linear probe's (LP-FT) or random
-    augment: dict[str, Any] = Field(default_factory=dict)
+    augment: dict[str, Any] = Field(default_factory=lambda: {"crop_scale": [0.7, 1.0], "hflip_p": 0.0, "jitter_p": 0.0,
+                                                             "gray_p": 0.0})
 
 
 class EvaluateParams(_Section):
@@ -140,8 +141,8 @@ class CompareParams(_Section):
     """`ssl-pipeline compare` (flows/compare.py): several methods on the same data and budget."""
     methods: Literal["all"] | list[str] = ALL_METHODS   # "all": every registered method
     epochs: int = Field(0, ge=0)                                # pretraining epochs per method; 0 = pretrain.epochs
-    method_epochs: dict[str, int] = Field(default_factory=dict)  # per-method epochs when epochs is 0 (MAE needs ~100)
-    method_batch_size: dict[str, int] = Field(default_factory=dict)  # per-method pretrain.batch_size (MAE: 256)
+    method_epochs: dict[str, int] = Field(default_factory=lambda: {"mae": 100, "byol": 150})  # when epochs is 0
+    method_batch_size: dict[str, int] = Field(default_factory=lambda: {"mae": 256, "moco": 64, "byol": 64})
     backbones: dict[str, str] = Field(default_factory=dict)     # per-method backbone; see compare_backbone()
     method_params: dict[str, dict[str, Any]] = Field(default_factory=dict)   # per-method knobs (else its defaults)
 

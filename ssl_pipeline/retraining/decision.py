@@ -19,7 +19,6 @@ import os
 import socket
 import sys
 import tempfile
-import time
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path

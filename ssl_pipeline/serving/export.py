@@ -97,7 +97,7 @@ def export(root: Path = Path("."), out: Path = Path("exported")) -> dict:
     """Write the export folder (see module docstring); returns the spec written to spec.json."""
     from ssl_core.models import Classifier
     from ssl_core.models.backbones import vit_patch_size
-    from ssl_core.recipes import EncoderSpec, build_encoder
+    from ssl_core.models.spec import EncoderSpec, build_encoder
 
     root, out = Path(root), Path(out)
     enc_pt, enc_json = root / ENCODER_PT, (root / ENCODER_PT).with_suffix(".json")

@@ -50,7 +50,7 @@ def default_model_uri(name: str = DEFAULT_MODEL_NAME) -> str:
 
 def _load_local_state_dict(path: Path) -> Predictor:
     from ssl_core.models import Classifier
-    from ssl_core.recipes import EncoderSpec, build_encoder
+    from ssl_core.models.spec import EncoderSpec, build_encoder
 
     if path.is_dir():
         path = path / "classifier.pt"

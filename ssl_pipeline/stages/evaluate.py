@@ -16,7 +16,8 @@ from ssl_core.evaluation.grid import EvalData, knn_rows
 from ssl_core.evaluation.protocols import accuracy, extract_features
 from ssl_core.fsutil import atomic_torch_save, write_json
 from ssl_core.models import Classifier
-from ssl_core.recipes import EncoderSpec, build_encoder, build_method, load_encoder
+from ssl_core.models.spec import EncoderSpec, build_encoder, load_encoder
+from ssl_core.recipes import build_method
 from ssl_core.training.runtime import setup_torch
 from ssl_pipeline import outputs
 from ssl_pipeline.config.schema import Params

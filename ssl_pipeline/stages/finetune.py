@@ -13,7 +13,7 @@ import pandas as pd
 from ssl_core.data.cache import load_fractions, load_meta, load_split
 from ssl_core.evaluation.grid import cells, fit_cell, scratch_encoder
 from ssl_core.fsutil import atomic_torch_save
-from ssl_core.recipes import load_encoder
+from ssl_core.models.spec import load_encoder
 from ssl_core.training.runtime import setup_torch
 from ssl_pipeline import outputs
 from ssl_pipeline.config.schema import Params

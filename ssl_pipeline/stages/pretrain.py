@@ -12,8 +12,9 @@ import torch
 
 from ssl_core.data.cache import load_meta
 from ssl_core.fsutil import atomic_torch_save, write_json
-from ssl_core.recipes import (EncoderSpec, PretrainData, PretrainRecipe, build_encoder, build_method,
-                              check_method_fits_data, epoch_metrics, pretrain_method)
+from ssl_core.models.spec import EncoderSpec, build_encoder
+from ssl_core.recipes import (PretrainData, PretrainRecipe, build_method, check_method_fits_data, epoch_metrics,
+                              pretrain_method)
 from ssl_core.training.checkpoint import Checkpointer
 from ssl_core.training.runtime import setup_torch
 from ssl_pipeline import outputs
@@ -42,7 +43,7 @@ def train_distributed(params: Params, recipe: PretrainRecipe, root: Path, checkp
                       fingerprint: str, run_id: str) -> tuple[torch.nn.Module, list[dict]]:
     """Every rank through torchrun; rank 0's epochs are logged into this stage's run."""
     from ssl_core.training.launch import RankFailed
-    from ssl_core.training.worker import Job, launch
+    from ssl_core.recipes.distributed import Job, launch
 
     p = params.pretrain
     job = Job(prepared_dir=root / params.data.prepared_dir, handoff_dir=root / outputs.DISTRIBUTED_HANDOFF_DIR,

@@ -8,7 +8,6 @@ inter-process `flock` keyed on the workspace, so concurrent callers wait instead
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import hashlib
 import json
 import os
@@ -16,7 +15,6 @@ import subprocess
 import sys
 import tempfile
 import threading
-import time
 from pathlib import Path
 from typing import Iterator
 

@@ -10,6 +10,7 @@ import textwrap
 from pathlib import Path
 
 TESTS = Path(__file__).parent
+HELPERS = TESTS.parent / "helpers"
 
 # A None entry in sys.modules makes `import X` fail and importlib.util.find_spec(X) answer None:
 # exactly what an absent package looks like (torch probes optional packages with find_spec).
@@ -46,6 +47,20 @@ SCRIPT = textwrap.dedent("""
         assert 0.0 <= acc <= 1.0, (name, acc)
         print("trained", name, round(history[0]["loss"], 4), flush=True)
     fit_linear_probe(method.backbone, split, split, 2, FitConfig(epochs=1, lr=1e-3, batch_size=8), torch.device("cpu"))
+
+    # the recipes the stages and the comparison call, and the evaluation grid
+    sys.path.insert(0, {helpers!r})
+    from recipes import finetune_recipe, pretrain_recipe
+    from ssl_core.evaluation.grid import EvalData, fit_rows, knn_rows
+    from ssl_core.recipes import PretrainData, build_method, pretrain_method
+    recipe = pretrain_recipe({{"in_channels": 3, "image_size": SIZE}}, batch_size=8)
+    trained, history = pretrain_method(recipe, build_method(recipe), PretrainData(split, split, split, 2),
+                                       torch.device("cpu"))
+    data = EvalData(split, split, split, {{"1": {{"0": list(range(16))}}}}, 2)
+    rows = knn_rows("simclr", trained.backbone, data, 3, torch.device("cpu"), init="ssl")
+    rows += fit_rows(finetune_recipe(), "simclr", ["linear"], lambda seed: trained.backbone, data,
+                     torch.device("cpu"), print)
+    assert len(history) == 1 and len(rows) == 2, rows
     leaked = sorted(n for n in sys.modules if n.split(".")[0] in {absent!r} and sys.modules[n] is not None)
     assert not leaked, leaked
     print("core ok", flush=True)
@@ -53,7 +68,7 @@ SCRIPT = textwrap.dedent("""
 
 
 def test_training_core_needs_only_torch_torchvision_numpy():
-    script = SCRIPT.format(absent=ABSENT, tests=str(TESTS))
+    script = SCRIPT.format(absent=ABSENT, tests=str(TESTS), helpers=str(HELPERS))
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     from ssl_core.methods import method_names

@@ -80,7 +80,7 @@ def test_champion_loads_and_classifies_like_the_local_classifier(first_run):
     root = first_run[0]
     from ssl_core.data.cache import load_split
     from ssl_core.models import Classifier
-    from ssl_core.recipes import EncoderSpec, build_encoder
+    from ssl_core.models.spec import EncoderSpec, build_encoder
 
     model = mlflow.pytorch.load_model("models:/ssl-classifier@champion")
     test = load_split(root / "data/prepared", "test")
@@ -120,3 +120,22 @@ def test_changing_one_param_reruns_only_dependent_stages(first_run):
     (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     result = pipeline(root=str(root))
     assert result["stages"] == {"prepare": False, "pretrain": False, "finetune": True, "evaluate": True}
+
+
+@pytest.mark.parametrize("edited", ["ssl_core/evaluation/protocols.py", "ssl_pipeline/stages/evaluate.py"])
+def test_a_code_change_makes_dvc_report_the_stages_that_run_it(first_run, tmp_path, edited):
+    """dvc.yaml's code deps are honest: one line added to the kNN code (or to the evaluate stage)
+    and `dvc status` names every stage that runs that code, never "up to date"."""
+    import shutil
+
+    root = first_run[0]
+    copy = tmp_path / "ws"
+    shutil.copytree(root, copy, symlinks=True, ignore=shutil.ignore_patterns("__pycache__"))
+    clean = subprocess.run([sys.executable, "-m", "dvc", "status", "--json"], cwd=copy, capture_output=True, text=True)
+    changed_before = set(json.loads(clean.stdout or "{}"))
+    with open(copy / edited, "a") as fh:
+        fh.write("\n# a change a stage's results may depend on\n")
+    status = subprocess.run([sys.executable, "-m", "dvc", "status", "--json"], cwd=copy, capture_output=True, text=True)
+    changed = set(json.loads(status.stdout or "{}")) - changed_before
+    expected = {"prepare", "pretrain", "finetune", "evaluate"} if edited.startswith("ssl_core") else {"evaluate"}
+    assert changed == expected, status.stdout

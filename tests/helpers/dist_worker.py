@@ -138,7 +138,7 @@ def main(argv: list[str]) -> None:
     rank = dist_utils.rank()
     try:
         if mode == "equivalence":
-            from ssl_core.training.worker import RankZeroCheckpointer
+            from ssl_core.recipes.distributed import RankZeroCheckpointer
 
             results = {name: one_step(name) for name in ("simclr", "moco")}
             # resume from a 1-process checkpoint: rank 0 reads it, rank 1 gets it by broadcast

@@ -4,7 +4,8 @@ from __future__ import annotations
 import dataclasses
 
 from ssl_core.evaluation.grid import FinetuneRecipe
-from ssl_core.recipes import EncoderSpec, PretrainRecipe
+from ssl_core.models.spec import EncoderSpec
+from ssl_core.recipes import PretrainRecipe
 
 TINY_ENCODER = EncoderSpec(backbone="resnet_narrow", in_channels=1, image_size=16, small_stem=True, stem_stride=2,
                            width=4, method="simclr")

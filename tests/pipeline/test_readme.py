@@ -1,7 +1,6 @@
 """The README's quick start and configuration reference stay true."""
 from __future__ import annotations
 
-from pathlib import Path
 
 from ssl_pipeline.config.reference import readme_with_reference
 

@@ -3,10 +3,8 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 
 from ssl_core.augment import AugmentConfig
-from ssl_core.data.cache import Split
 from separable import Flat, separable_split
 from ssl_core.evaluation.protocols import FitConfig, accuracy, effective_rank, fit_classifier, fit_linear_probe, knn_predict
 

@@ -27,10 +27,10 @@ def _env(**extra: str) -> dict[str, str]:
 # --- launcher: command line and error reports --------------------------------------------------------
 
 def test_torchrun_command_standalone_or_rendezvous():
-    cmd = torchrun_command("ssl_core.training.worker", ["--root", "."], LaunchSpec(2), "/tmp/logs")
+    cmd = torchrun_command("ssl_core.recipes.distributed", ["--root", "."], LaunchSpec(2), "/tmp/logs")
     assert cmd[1:4] == ["-m", "torch.distributed.run", "--nproc-per-node"] and "--standalone" in cmd
     assert cmd[cmd.index("--max-restarts") + 1] == "0"
-    assert cmd[-4:] == ["-m", "ssl_core.training.worker", "--root", "."]
+    assert cmd[-4:] == ["-m", "ssl_core.recipes.distributed", "--root", "."]
     multi = torchrun_command("w.py", [], LaunchSpec(8, nnodes=2, rdzv_endpoint="node0:29400"), "/tmp/l", module=False)
     assert "--standalone" not in multi and multi[-1] == "w.py"
     assert multi[multi.index("--rdzv-endpoint") + 1] == "node0:29400" and multi[multi.index("--nnodes") + 1] == "2"

@@ -1,7 +1,6 @@
 """prepare: splits, label fractions, quarantine and leakage on real image folders."""
 from __future__ import annotations
 
-import json
 
 import numpy as np
 import pandas as pd

@@ -13,9 +13,9 @@ import torch
 from PIL import Image
 
 from ssl_pipeline.cli import main as cli
-from ssl_pipeline.serving.export import export, rebuild_snippet, torchvision_state_dict
+from ssl_pipeline.serving.export import rebuild_snippet, torchvision_state_dict
 from ssl_core.models import Classifier
-from ssl_core.recipes import EncoderSpec, build_encoder as build_from_spec
+from ssl_core.models.spec import EncoderSpec, build_encoder as build_from_spec
 
 
 def build_encoder(spec: dict) -> torch.nn.Module:

@@ -117,7 +117,7 @@ def test_a_malicious_data_cache_is_refused(tmp_path, marker):
 
 def test_a_malicious_encoder_or_classifier_file_is_refused(tmp_path, marker):
     from ssl_pipeline.serving.predict import load_predictor
-    from ssl_core.recipes import load_encoder
+    from ssl_core.models.spec import load_encoder
 
     spec = {"backbone": "resnet_narrow", "in_channels": 1, "image_size": 16, "small_stem": True, "stem_stride": 1,
             "width": 4, "method": "simclr"}

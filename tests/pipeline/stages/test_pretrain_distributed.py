@@ -34,7 +34,7 @@ def test_pretrain_stage_on_two_processes_logs_once_from_rank_zero(tmp_path, mlfl
     that run; the stage writes the usual outputs. No other run is created, nothing is left behind."""
     from mlflow.tracking import MlflowClient
 
-    from ssl_core.recipes import load_encoder
+    from ssl_core.models.spec import load_encoder
     from ssl_pipeline import outputs
     from ssl_pipeline.ingest.prepare import prepare
     from ssl_pipeline.stages import pretrain

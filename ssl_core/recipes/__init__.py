@@ -11,14 +11,14 @@ import dataclasses
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Callable
 
 import torch
 
 from ssl_core.data.cache import Split, load_split
 from ssl_core.evaluation.protocols import knn_accuracy_and_rank
 from ssl_core.methods import SSLMethod, get_method_class
-from ssl_core.models import build_backbone
+from ssl_core.models.spec import EncoderSpec, build_encoder
 from ssl_core.training import distributed as dist_utils
 from ssl_core.training.loop import TrainConfig, pretrain
 
@@ -28,41 +28,6 @@ Say = Callable[[str], None]
 
 class RecipeError(ValueError):
     """The recipe cannot train on this data or device; the message names the knob to change."""
-
-
-@dataclass(frozen=True)
-class EncoderSpec:
-    """Everything needed to rebuild an encoder architecture (stored beside its weights)."""
-    backbone: str
-    in_channels: int
-    image_size: int
-    small_stem: bool
-    stem_stride: int
-    width: int
-    method: str
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "EncoderSpec":
-        """From encoder.json (extra keys such as run_id are ignored; old files lack stem_stride)."""
-        return cls(backbone=data["backbone"], in_channels=int(data["in_channels"]), image_size=int(data["image_size"]),
-                   small_stem=bool(data["small_stem"]), stem_stride=int(data.get("stem_stride", 1)),
-                   width=int(data["width"]), method=data.get("method", ""))
-
-
-def build_encoder(spec: EncoderSpec) -> torch.nn.Module:
-    return build_backbone(spec.backbone, spec.in_channels, spec.image_size, spec.small_stem, spec.width,
-                          spec.stem_stride)
-
-
-def load_encoder(spec_json: Path, weights: Path) -> tuple[torch.nn.Module, EncoderSpec]:
-    """An encoder saved as (spec JSON, state_dict file); weights_only, so nothing is unpickled as code."""
-    spec = EncoderSpec.from_dict(json.loads(Path(spec_json).read_text()))
-    encoder = build_encoder(spec)
-    encoder.load_state_dict(torch.load(weights, weights_only=True, map_location="cpu"))
-    return encoder, spec
 
 
 @dataclass(frozen=True)

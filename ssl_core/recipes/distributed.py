@@ -3,7 +3,7 @@
 The pretrain stage calls `launch()` when nproc_per_node x nnodes > 1; torchrun then starts this
 module once per rank:
 
-    python -m torch.distributed.run ... -m ssl_core.training.worker --handoff R/checkpoints/pretrain/dist
+    python -m torch.distributed.run ... -m ssl_core.recipes.distributed --handoff R/checkpoints/pretrain/dist
 
 The handoff folder holds the job (recipe.json, job.json: prepared data, checkpoint folder and
 fingerprint). Every rank trains on its shard of each global batch (ssl_core.training.loop);
