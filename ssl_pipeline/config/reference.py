@@ -1,6 +1,6 @@
 """The configuration reference: a markdown table generated from the params schema, with the
 comments of params.yaml as each knob's documentation; the README embeds it between markers
-(`ssl-pipeline config --write-readme README.md`, kept in sync by tests/test_readme.py)."""
+(`ssl-pipeline config --write-readme README.md`, kept in sync by tests/pipeline/test_readme.py)."""
 from __future__ import annotations
 
 import json
