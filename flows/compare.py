@@ -2,7 +2,7 @@
 random and scratch baselines -> report (CSV, plot, MLflow, Prefect artifacts). The report is rewritten
 after every method, and a rerun of an interrupted comparison reuses the methods it finished.
 
-Thin on purpose: the work is in ssl_core/compare.py and ssl_core/compare_report.py. Every method is
+Thin on purpose: the work is in ssl_pipeline/comparison/. Every method is
 its own task with retries from params.flow (a retried method resumes from its checkpoint); a method
 that still fails is reported as failed and the others finish.
 """
@@ -14,8 +14,8 @@ from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.runtime import flow_run
 
-from ssl_pipeline.comparison import methods as logic
-from ssl_pipeline.comparison import report
+from ssl_pipeline.comparison import methods as comparison
+from ssl_pipeline.comparison import report, results
 from ssl_pipeline.config.schema import Params, load_params
 from ssl_core.data.cache import load_meta
 from ssl_pipeline.versioning.workspace import require_data
@@ -37,17 +37,17 @@ def prepare(root: Path, env: dict[str, str]) -> bool:
 
 @task(name="compare-method")
 def compare_method(params: Params, root: Path, method: str) -> list[dict]:
-    return logic.run_method(params, root, method, note=get_run_logger().info)
+    return comparison.run_method(params, root, method, note=get_run_logger().info)
 
 
 @task(name="compare-baseline")
 def compare_baseline(params: Params, root: Path, kind: str, backbones: list[str]) -> list[dict]:
-    return logic.run_baseline(params, root, kind, backbones, note=get_run_logger().info)
+    return comparison.run_baseline(params, root, kind, backbones, note=get_run_logger().info)
 
 
 @task(name="publish-report")
 def publish_report(params: Params, rows: list[dict], order: list[str], out_dir: Path, parent_run_id: str) -> dict:
-    title = (f"SSL methods on the same data, pretraining {logic.budget_text(params)} "
+    title = (f"SSL methods on the same data, pretraining {comparison.budget_text(params)} "
              f"(test accuracy, band = min-max over seeds)")
     result = report.write(rows, order, out_dir, title)
     report.log_to_run(parent_run_id, result)
@@ -70,27 +70,27 @@ def compare(root: str = ".", params_file: str = "params.yaml", overrides: list[s
     retry = {"retries": params.flow.retries, "retry_delay_seconds": params.flow.retry_delay_seconds}
     check_data(params, root_path)
     with overridden_params(path, overrides or []), \
-            logic.parent_run(params, root_path, overrides, str(flow_run.get_id() or "")) as parent_run_id:
-        prepare.with_options(**retry)(root_path, logic.child_env())
-        entries = logic.plan(params, load_meta(root_path / params.data.prepared_dir))
-        order = [e.method for e in entries] + list(logic.BASELINES)
+            comparison.parent_run(params, root_path, overrides, str(flow_run.get_id() or "")) as parent_run_id:
+        prepare.with_options(**retry)(root_path, comparison.child_env())
+        entries = comparison.plan(params, load_meta(root_path / params.data.prepared_dir))
+        order = [e.method for e in entries] + list(comparison.BASELINES)
         rows: list[dict] = []
         for entry in entries:
             if entry.skip_reason:
                 logger.warning("%s: %s", entry.method, entry.skip_reason)
-                rows.append(logic.status_row(entry.method, entry.backbone, entry.skip_reason))
+                rows.append(comparison.status_row(entry.method, entry.backbone, entry.skip_reason))
                 continue
             task_ = compare_method.with_options(name=f"compare-{entry.method}", **retry)
             rows += _rows_or_failure(task_(params, root_path, entry.method, return_state=True),
                                      entry.method, entry.backbone, logger)
             _write_partial(params, rows, order, root_path / out_dir)
-        backbones = logic.baseline_backbones(params, entries)
-        for kind in logic.BASELINES:
+        backbones = comparison.baseline_backbones(params, entries)
+        for kind in comparison.BASELINES:
             task_ = compare_baseline.with_options(name=f"compare-{kind}", **retry)
             rows += _rows_or_failure(task_(params, root_path, kind, backbones, return_state=True),
                                      kind, ",".join(backbones), logger)
         result = publish_report(params, rows, order, root_path / out_dir, parent_run_id)
-        logic.clear_finished(root_path)   # the report holds them now: a rerun measures afresh
+        results.clear_finished(root_path)   # the report holds them now: a rerun measures afresh
     return {"parent_run_id": parent_run_id, "markdown": result["markdown"], "csv": str(result["csv"]),
             "png": str(result["png"]), "failed": sorted({r["method"] for r in rows if r["status"].startswith("failed")}),
             "skipped": [e.method for e in entries if e.skip_reason]}
@@ -101,15 +101,15 @@ def _write_partial(params: Params, rows: list[dict], order: list[str], out_dir: 
     one that is interrupted leaves them behind (its rerun reuses the finished methods)."""
     done = len({r["method"] for r in rows})
     report.write(rows, order, out_dir, f"Method comparison so far ({done} of {len(order)}), pretraining "
-                                       f"{logic.budget_text(params)}")
+                                       f"{comparison.budget_text(params)}")
 
 
 def _rows_or_failure(state, method: str, backbone: str, logger) -> list[dict]:
     if state.is_completed():
         return state.result()
-    status = logic.failure_status(state)
+    status = comparison.failure_status(state)
     logger.error("%s: %s (the other methods go on)", method, status)
-    return [logic.status_row(method, backbone, status)]
+    return [comparison.status_row(method, backbone, status)]
 
 
 if __name__ == "__main__":

@@ -1,5 +1,5 @@
 """Scheduled retraining as a Prefect flow: refresh data -> (nothing changed? stop) -> pipeline ->
-challenger vs champion on the same test split -> promote only by a margin. Logic: ssl_core/retrain.py.
+challenger vs champion on the same test split -> promote only by a margin. Logic: ssl_pipeline/retraining/decision.py.
 
 Deploy it with `ssl-pipeline serve` (this process runs the schedule) or `prefect deploy` (prefect.yaml,
 a work pool runs it). Two retrains never overlap on a workspace: an fcntl lock on the workspace plus the
@@ -19,7 +19,7 @@ from prefect.runtime import flow_run
 
 from flows.pipeline import pipeline
 from ssl_pipeline.tracking import registry
-from ssl_pipeline.retraining import decision as logic
+from ssl_pipeline.retraining import decision
 from ssl_pipeline.tracking import runs as tracking
 from ssl_pipeline.config.schema import Params, load_params
 from ssl_pipeline.config.overrides import overridden_params
@@ -50,7 +50,7 @@ def prefect_slot(tag: str, wait: float | None) -> Iterator[None]:
         try:   # only the acquisition: a TimeoutError from the retrain itself must stay what it is
             stack.enter_context(concurrency(f"tag:{tag}", occupy=1, timeout_seconds=timeout, lease_duration=300))
         except AcquireConcurrencySlotTimeoutError as err:
-            raise logic.RetrainBusy(f"another retrain holds the Prefect concurrency slot {tag!r} (limit 1); "
+            raise decision.RetrainBusy(f"another retrain holds the Prefect concurrency slot {tag!r} (limit 1); "
                                     "not starting a second one") from err
         yield
 
@@ -58,25 +58,25 @@ def prefect_slot(tag: str, wait: float | None) -> Iterator[None]:
 @task(name="refresh-data")
 def refresh_data(params: Params, root: Path) -> dict:
     logger = get_run_logger()
-    actions = logic.refresh_data(root, params.data.raw_dir, note=logger.info)
+    actions = decision.refresh_data(root, params.data.raw_dir, note=logger.info)
     return {**actions, "md5s": registry.data_tags(root)}
 
 
 @task(name="champion-vs-challenger")
 def champion_vs_challenger(params: Params, root: Path, registered: dict, champion_before: dict | None,
-                           state: dict[str, str]) -> logic.Outcome:
-    out = logic.compare(params, root, registered, champion_before, state)
+                           state: dict[str, str]) -> decision.Outcome:
+    out = decision.compare(params, root, registered, champion_before, state)
     get_run_logger().info("champion v%s: %s, challenger v%s: %s -> %s", out.champion_version,
                           out.champion_accuracy, out.challenger_version, out.challenger_accuracy, out.decision)
     return out
 
 
 @task(name="record-decision")
-def record_decision(params: Params, root: Path, out: logic.Outcome) -> tuple[str, str]:
+def record_decision(params: Params, root: Path, out: decision.Outcome) -> tuple[str, str]:
     """MLflow retrain run, tags on both model versions, Prefect artifact; returns (markdown, run id)."""
-    text = logic.markdown(out)
-    out.retrain_run_id = logic.log_run(params, root, out, text, str(flow_run.get_id() or ""))
-    logic.record_on_versions(params, out)
+    text = decision.markdown(out)
+    out.retrain_run_id = decision.log_run(params, root, out, text, str(flow_run.get_id() or ""))
+    decision.record_on_versions(params, out)
     create_markdown_artifact(markdown=text, key=ARTIFACT_KEY, description=f"Retrain: {out.decision}")
     return text, out.retrain_run_id
 
@@ -93,19 +93,19 @@ def retrain(root: str = ".", params_file: str = "params.yaml", overrides: list[s
     path = root_path / params_file
     params = load_params(path, overrides)   # every params error before any lock or work
     logger = get_run_logger()
-    with logic.retrain_lock(root_path, wait), prefect_slot(params.retrain.concurrency_tag, wait), \
+    with decision.retrain_lock(root_path, wait), prefect_slot(params.retrain.concurrency_tag, wait), \
             overridden_params(path, overrides or []):
         if overrides:
             os.environ[tracking.OVERRIDES_ENV] = json.dumps(overrides)
         tracking.setup(params.tracking.experiment, root_path)
         refresh_data(params, root_path)
-        state = logic.current_state(params, root_path)
+        state = decision.current_state(params, root_path)
         champion = registry.version_by_alias(params.tracking.classifier_name, registry.CHAMPION)
-        if champion is not None and logic.recorded_state(champion.tags) == state:
+        if champion is not None and decision.recorded_state(champion.tags) == state:
             logger.info("nothing changed since champion v%s was decided: not training", champion.version)
-            out = logic.Outcome(decision=logic.NOTHING, margin=params.retrain.margin, state=state,
+            out = decision.Outcome(decision=decision.NOTHING, margin=params.retrain.margin, state=state,
                                 champion_version=int(champion.version),
-                                champion_data=logic.training_data(champion.tags))
+                                champion_data=decision.training_data(champion.tags))
         else:
             result = pipeline(root=str(root_path), params_file=params_file)
             before = None if champion is None else {"version": int(champion.version), "tags": dict(champion.tags)}

@@ -50,11 +50,11 @@ def colour_run(workspace):
 @pytest.fixture(scope="module")
 def gray_run(workspace, colour_run):
     """Grayscale data: colorization must be skipped; rotation fails on every attempt (one retry)."""
-    from ssl_pipeline.comparison import methods as logic
+    from ssl_pipeline.comparison import methods as comparison
 
     root, uri = workspace
     calls = []
-    real = logic.pretrain_for_comparison
+    real = comparison.pretrain_for_comparison
 
     def failing(mp, *args, **kwargs):
         if mp.pretrain.method == "rotation":
@@ -63,7 +63,7 @@ def gray_run(workspace, colour_run):
         return real(mp, *args, **kwargs)
 
     patch = pytest.MonkeyPatch()
-    patch.setattr(logic, "pretrain_for_comparison", failing)
+    patch.setattr(comparison, "pretrain_for_comparison", failing)
     try:
         result = _run_flow(root, ["colorization", "rotation", "jigsaw"],
                            ["data.channels=1", "data.label_fractions=[1.0]", "flow.retries=1",
@@ -226,34 +226,34 @@ def test_unknown_method_names_the_key_and_the_allowed_values(tmp_path):
 
 
 def test_per_method_params_budget_backbone_and_knobs(tmp_path):
-    from ssl_pipeline.comparison import methods as logic
+    from ssl_pipeline.comparison import methods as comparison
     from workspace import write_params
 
     write_params(tmp_path, {"pretrain.epochs": 7, "pretrain.method": "moco", "pretrain.method_params": {"version": "v3"},
                             "compare.method_batch_size": {}, "compare.method_epochs": {"mae": 100}})
     params = load_params(tmp_path / "params.yaml", ["compare.epochs=2", "compare.method_params={byol: {base_momentum: 0.9}}"])
-    mae, moco, byol = (logic.params_for(params, m).pretrain for m in ("mae", "moco", "byol"))
+    mae, moco, byol = (comparison.params_for(params, m).pretrain for m in ("mae", "moco", "byol"))
     assert (mae.backbone, mae.epochs, mae.method_params) == ("vit_tiny", 2, {})
     assert (moco.backbone, moco.method_params) == (params.pretrain.backbone, {"version": "v3"})
     assert byol.method_params == {"base_momentum": 0.9}
-    assert logic.params_for(load_params(tmp_path / "params.yaml"), "simclr").pretrain.epochs == 7
+    assert comparison.params_for(load_params(tmp_path / "params.yaml"), "simclr").pretrain.epochs == 7
     own = load_params(tmp_path / "params.yaml", ["compare.method_epochs={mae: 40}"])
-    assert [logic.params_for(own, m).pretrain.epochs for m in ("mae", "simclr")] == [40, 7]
+    assert [comparison.params_for(own, m).pretrain.epochs for m in ("mae", "simclr")] == [40, 7]
     batch = params.pretrain.batch_size
-    assert logic.budget_text(own) == f"7 epochs at batch {batch} (mae: 40 epochs)"
-    assert logic.budget_text(params) == f"2 epochs at batch {batch}"   # compare.epochs wins
+    assert comparison.budget_text(own) == f"7 epochs at batch {batch} (mae: 40 epochs)"
+    assert comparison.budget_text(params) == f"2 epochs at batch {batch}"   # compare.epochs wins
     with pytest.raises(ConfigError, match=r"compare\.method_epochs\.mae: must be >= 1"):
         load_params(tmp_path / "params.yaml", ["compare.method_epochs={mae: 0}"])
     sized = load_params(tmp_path / "params.yaml", ["compare.method_batch_size={mae: 256}"])
-    assert [logic.params_for(sized, m).pretrain.batch_size for m in ("mae", "simclr")] == [256, batch]
-    assert logic.budget_text(sized) == f"7 epochs at batch {batch} (mae: 100 epochs, batch 256)"
+    assert [comparison.params_for(sized, m).pretrain.batch_size for m in ("mae", "simclr")] == [256, batch]
+    assert comparison.budget_text(sized) == f"7 epochs at batch {batch} (mae: 100 epochs, batch 256)"
     with pytest.raises(ConfigError, match=r"compare\.method_batch_size\.mae: must be >= 1"):
         load_params(tmp_path / "params.yaml", ["compare.method_batch_size={mae: 0}"])
     with pytest.raises(ConfigError, match=r"compare\.method_batch_size: unknown method 'nope'"):
         load_params(tmp_path / "params.yaml", ["compare.method_batch_size={nope: 32}"])
-    entries = logic.plan(params, {"channels": 1})
+    entries = comparison.plan(params, {"channels": 1})
     assert [e.skip_reason is not None for e in entries] == [m == "colorization" for m in params.compare.method_list()]
-    assert logic.baseline_backbones(params, entries) == sorted({params.pretrain.backbone, "vit_tiny"})
+    assert comparison.baseline_backbones(params, entries) == sorted({params.pretrain.backbone, "vit_tiny"})
 
 
 def test_cli_shortcuts_become_recorded_overrides():

@@ -25,7 +25,7 @@ from mlflow import MlflowClient
 from PIL import Image
 
 from ssl_pipeline.versioning import workspace as dvcops
-from ssl_pipeline.retraining import decision as logic
+from ssl_pipeline.retraining import decision
 from ssl_pipeline.retraining.decision import FIRST, KEPT, NOTHING, PROMOTED
 
 pytestmark = pytest.mark.slow
@@ -261,7 +261,7 @@ def test_a_retrain_elsewhere_holding_the_prefect_slot_blocks_this_one(runs):
     root, retrain = runs["root"], runs["retrain"]
     before = snapshot(runs["client"])
     with concurrency("tag:ssl-retrain", occupy=1):
-        with pytest.raises(logic.RetrainBusy, match="Prefect concurrency slot 'ssl-retrain'"):
+        with pytest.raises(decision.RetrainBusy, match="Prefect concurrency slot 'ssl-retrain'"):
             retrain(root=str(root), overrides=["retrain.margin=-1.0"])
     assert snapshot(runs["client"]) == before
 
@@ -269,21 +269,21 @@ def test_a_retrain_elsewhere_holding_the_prefect_slot_blocks_this_one(runs):
 # ---------------------------------------------------------------- pieces, without the pipeline
 
 def test_decide_applies_the_margin_inclusively():
-    assert logic.decide(0.6, 0.7, 0.1) == PROMOTED          # 0.7 - 0.6 < 0.1 in floats: tolerated
-    assert logic.decide(0.6, 0.69, 0.1) == KEPT
-    assert logic.decide(0.8, 0.8, 0.0) == PROMOTED
-    assert logic.decide(0.8, 0.5, -0.5) == PROMOTED
-    assert logic.decide(0.8, 0.5, 0.0) == KEPT
-    assert logic.decide(None, 0.1, 0.5) == PROMOTED         # the champion could not score the split
+    assert decision.decide(0.6, 0.7, 0.1) == PROMOTED          # 0.7 - 0.6 < 0.1 in floats: tolerated
+    assert decision.decide(0.6, 0.69, 0.1) == KEPT
+    assert decision.decide(0.8, 0.8, 0.0) == PROMOTED
+    assert decision.decide(0.8, 0.5, -0.5) == PROMOTED
+    assert decision.decide(0.8, 0.5, 0.0) == KEPT
+    assert decision.decide(None, 0.1, 0.5) == PROMOTED         # the champion could not score the split
 
 
 def test_recorded_state_prefers_what_the_last_retrain_decided_on():
     registered = {"params_digest": "p1", "data.labeled.md5": "a.dir", "data.unlabeled.md5": "b.dir", "method": "simclr"}
-    assert logic.recorded_state(registered) == {"params_digest": "p1", "data.labeled.md5": "a.dir",
+    assert decision.recorded_state(registered) == {"params_digest": "p1", "data.labeled.md5": "a.dir",
                                                 "data.unlabeled.md5": "b.dir"}
     decided = {**registered, "retrain.state.params_digest": "p2", "retrain.state.data.labeled.md5": "c.dir",
                "retrain.state.data.unlabeled.md5": "b.dir", "retrain.decision": KEPT}
-    assert logic.recorded_state(decided) == {"params_digest": "p2", "data.labeled.md5": "c.dir",
+    assert decision.recorded_state(decided) == {"params_digest": "p2", "data.labeled.md5": "c.dir",
                                              "data.unlabeled.md5": "b.dir"}
 
 
@@ -301,12 +301,12 @@ def test_refresh_data_pulls_missing_data_and_refuses_unversioned_changes(tmp_pat
     dvcops.push(root)
     shutil.rmtree(root / "data/raw/unlabeled")
     shutil.rmtree(root / ".dvc/cache")   # a fresh clone: only the remote has the data
-    assert logic.refresh_data(root, "data/raw", notes.append)["pulled"] == ["data/raw/unlabeled"]
+    assert decision.refresh_data(root, "data/raw", notes.append)["pulled"] == ["data/raw/unlabeled"]
     assert (root / "data/raw/unlabeled/x.png").read_bytes() == b"unlabeled"
 
     (root / "data/raw/labeled/train/a/y.png").write_bytes(b"new, not dvc add-ed")
-    with pytest.raises(logic.UncommittedData, match="dvc add data/raw/labeled"):
-        logic.refresh_data(root, "data/raw", notes.append)
+    with pytest.raises(decision.UncommittedData, match="dvc add data/raw/labeled"):
+        decision.refresh_data(root, "data/raw", notes.append)
 
 
 def test_refresh_data_fails_clearly_when_no_one_has_the_data(tmp_path):
@@ -321,7 +321,7 @@ def test_refresh_data_fails_clearly_when_no_one_has_the_data(tmp_path):
     shutil.rmtree(root / "data/raw/unlabeled")
     shutil.rmtree(root / ".dvc/cache")   # never pushed: the remote is empty
     with pytest.raises(dvcops.MissingDataError, match="data/raw/unlabeled missing and `dvc pull` could not fetch it"):
-        logic.refresh_data(root, "data/raw", lambda _: None)
+        decision.refresh_data(root, "data/raw", lambda _: None)
 
 
 def test_refresh_data_updates_imported_datasets(tmp_path):
@@ -339,14 +339,14 @@ def test_refresh_data_updates_imported_datasets(tmp_path):
     root = make_workspace(tmp_path)
     (root / "data/raw").mkdir(parents=True)
     dvcops.dvc("import", str(source), "images", "-o", "data/raw/unlabeled", cwd=root)
-    assert logic.imported_datasets(root, "data/raw") == ["data/raw/unlabeled.dvc"]
+    assert decision.imported_datasets(root, "data/raw") == ["data/raw/unlabeled.dvc"]
     first = dvcops.dataset_md5(root, "data/raw/unlabeled")
 
     (source / "images/b.png").write_bytes(b"b")
     dvcops.track(source, ["images"])
     dvcops.push(source)
     dvcops.git("commit", "-q", "-am", "v2", cwd=source)
-    actions = logic.refresh_data(root, "data/raw", lambda _: None)
+    actions = decision.refresh_data(root, "data/raw", lambda _: None)
     assert actions["updated"] == ["data/raw/unlabeled.dvc"]
     assert dvcops.dataset_md5(root, "data/raw/unlabeled") != first
     assert sorted(p.name for p in (root / "data/raw/unlabeled").iterdir()) == ["a.png", "b.png"]

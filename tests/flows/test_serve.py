@@ -20,7 +20,7 @@ DEPLOY_WAIT_S = 240   # a cold subprocess imports prefect + torch + mlflow: slow
 # `python -m ssl_pipeline` with SIGINT live: when pytest runs as a background job of a script (`make test &`),
 # its children start with SIGINT ignored and Ctrl-C would (rightly) do nothing to them.
 LIVE_SIGINT_MAIN = ("import runpy, signal; signal.signal(signal.SIGINT, signal.default_int_handler); "
-                    "runpy.run_module('ssl_core', run_name='__main__', alter_sys=True)")
+                    "runpy.run_module('ssl_pipeline', run_name='__main__', alter_sys=True)")
 
 
 def _read_deployment(name: str):
