@@ -73,13 +73,18 @@ def test_every_module_imports_on_its_own_in_a_fresh_interpreter():
     script = textwrap.dedent("""
         import os, sys, traceback
         import torch, torchvision, numpy, PIL, pandas, pydantic, yaml, mlflow, prefect, matplotlib  # noqa
-        assert not [m for m in sys.modules if m.split(".")[0] in ("ssl_core", "ssl_pipeline", "flows")]
+        root, ours = sys.argv[1], ("ssl_core", "ssl_pipeline", "flows")
+        assert not [m for m in sys.modules if m.split(".")[0] in ours]
         failed = []
-        for name in sys.argv[1:]:
+        for name in sys.argv[2:]:
             pid = os.fork()
             if pid == 0:
                 try:
                     __import__(name)
+                    # every project module comes from this tree (not from another checkout on sys.path)
+                    elsewhere = [m for m, mod in sys.modules.items() if m.split(".")[0] in ours
+                                 and not (getattr(mod, "__file__", None) or root).startswith(root)]
+                    assert not elsewhere, f"imported from outside {root}: {elsewhere}"
                 except BaseException:
                     traceback.print_exc()
                     os._exit(1)
@@ -91,7 +96,7 @@ def test_every_module_imports_on_its_own_in_a_fresh_interpreter():
     """)
     skip = {"ssl_pipeline.__main__"}   # runs the CLI when imported
     modules = [m for m in project_modules() if m not in skip]
-    done = subprocess.run([sys.executable, "-c", script, *modules], cwd=PROJECT_ROOT, capture_output=True,
+    done = subprocess.run([sys.executable, "-c", script, str(PROJECT_ROOT), *modules], cwd=PROJECT_ROOT, capture_output=True,
                           text=True, timeout=1800, env={**os.environ, "PYTHONPATH": str(PROJECT_ROOT)})
     assert done.returncode == 0, done.stdout + done.stderr[-2000:]
 

@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ssl_core.augment import augment_batch
-from ssl_core.distributed import gather_no_grad, rank
+from ssl_core.training.distributed import gather_no_grad, rank
 from ssl_core.methods.base import SSLMethod
 from ssl_core.models.heads import mlp
 

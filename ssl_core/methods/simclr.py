@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from ssl_core.augment import augment_batch
-from ssl_core.distributed import gather_with_grad, rank
+from ssl_core.training.distributed import gather_with_grad, rank
 from ssl_core.methods.base import SSLMethod
 from ssl_core.models.heads import mlp
 
