@@ -154,7 +154,7 @@ def test_lock_serializes_dvc_calls_across_threads_and_processes(tmp_path):
         # While the lock is held, another thread cannot start DVC...
         assert not finished.wait(1.0)
         # ...nor can another process; with a timeout it gives up with a clear message.
-        child = _python(f"from ssl_core import dvcops; dvcops.dvc('status', cwd={str(root)!r}, lock_timeout=0.2)", root)
+        child = _python(f"from ssl_pipeline.versioning import workspace as dvcops; dvcops.dvc('status', cwd={str(root)!r}, lock_timeout=0.2)", root)
         assert child.wait(120) != 0
         assert "another DVC command is still running" in child.stderr.read()
         # This thread holds the lock, so its own calls re-enter instead of deadlocking.
@@ -167,7 +167,7 @@ def test_concurrent_dvc_add_from_two_processes_both_succeed(tmp_path):
     root = make_workspace(tmp_path)
     _write_dataset(root, "labeled", LABELED)
     _write_dataset(root, "unlabeled", UNLABELED)
-    children = [_python(f"from ssl_core import dvcops; dvcops.track({str(root)!r}, ['data/raw/{name}'])", root)
+    children = [_python(f"from ssl_pipeline.versioning import workspace as dvcops; dvcops.track({str(root)!r}, ['data/raw/{name}'])", root)
                 for name in ("labeled", "unlabeled")]
     for child in children:
         assert child.wait(120) == 0, child.stderr.read()
