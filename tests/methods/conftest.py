@@ -1,0 +1,43 @@
+"""One 2-rank torchrun launch (gloo, CPU) shared by the methods whose losses use global-batch statistics."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+WORKER = str(Path(__file__).parents[1] / "methods_dist_worker.py")
+
+
+@pytest.fixture(scope="session")
+def two_rank_runs(tmp_path_factory) -> dict:
+    """{method: {"losses", "state"}} after 2 training steps on 2 ranks (tests/methods_dist_worker.py)."""
+    from ssl_core.launch import LaunchSpec, run_torchrun
+
+    out = tmp_path_factory.mktemp("two-ranks") / "ranks.pt"
+    run_torchrun(WORKER, [str(out)], LaunchSpec(nproc_per_node=2), module=False,
+                 env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout_s=300)
+    return torch.load(out, weights_only=True)
+
+
+def assert_two_ranks_match_one_process(name: str, distributed: dict) -> None:
+    """Same losses and states; and per tensor that moved, the two updates (state - initial) agree to 0.1 % in
+    norm, so a gradient scaled by the number of ranks cannot hide under an absolute tolerance."""
+    from methods_dist_worker import tiny_method, two_steps
+
+    single, initial = two_steps(name), tiny_method(name).state_dict()
+    assert distributed["losses"] == pytest.approx(single["losses"], rel=1e-5)
+    assert single["state"].keys() == distributed["state"].keys()
+    moved = 0
+    for key, value in single["state"].items():
+        other = distributed["state"][key]
+        if not value.is_floating_point():
+            assert torch.equal(other, value), key
+            continue
+        torch.testing.assert_close(other, value, atol=1e-5, rtol=1e-4, msg=f"{name}: {key}")
+        update, update_2r = value - initial[key], other - initial[key]
+        if update.norm() > 1e-4:   # below: rounding noise (e.g. a bias that a normalisation cancels)
+            assert (update_2r - update).norm() <= 1e-3 * update.norm(), f"{name}: update of {key}"
+            moved += 1
+    assert moved > 10, f"{name}: the steps changed almost nothing; the comparison would be vacuous"
