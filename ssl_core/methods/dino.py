@@ -69,6 +69,7 @@ class DINO(SSLMethod):
         hidden_dim: int = 1024              # paper: 2048, scaled to the small encoders (as BYOL here)
         bottleneck_dim: int = 256
         head_layers: int = 3
+        use_bn_in_head: bool = False        # BatchNorm after the head's hidden layers (the reference code's option)
         norm_last_layer: bool = True        # last layer's weight norm fixed at 1 (more stable; paper default)
         freeze_last_layer: int = 1          # epochs without last-layer updates
         student_temp: float = 0.1
@@ -112,7 +113,7 @@ class DINO(SSLMethod):
                                              ViewGroup(p.local_crops, p.local_crop_size, {"crop_scale": p.local_crop_scale})])
         self._check_sizes(global_size)
         self.head = DINOHead(backbone.out_dim, p.out_dim, p.hidden_dim, p.bottleneck_dim, p.head_layers,
-                             p.norm_last_layer)
+                             p.norm_last_layer, p.use_bn_in_head)
         self.teacher_backbone = frozen_copy(backbone)
         self.teacher_head = frozen_copy(self.head)
         self.register_buffer("center", torch.zeros(1, p.out_dim))

@@ -36,16 +36,16 @@ class WeightNormLinear(nn.Module):
 
 
 class DINOHead(nn.Module):
-    """DINO's projection head: MLP (Linear-GELU x (layers-1) -> Linear to the bottleneck), L2-normalised
+    """DINO's projection head: MLP (Linear [-BN] -GELU x (layers-1) -> Linear to the bottleneck), L2-normalised
     bottleneck, then a weight-normalised linear layer to out_dim logits ("prototypes")."""
 
     def __init__(self, in_dim: int, out_dim: int, hidden_dim: int, bottleneck_dim: int, layers: int = 3,
-                 norm_last_layer: bool = True):
+                 norm_last_layer: bool = True, use_bn: bool = False):
         super().__init__()
         mods: list[nn.Module] = []
         dim = in_dim
         for _ in range(layers - 1):
-            mods += [nn.Linear(dim, hidden_dim), nn.GELU()]
+            mods += [nn.Linear(dim, hidden_dim)] + ([nn.BatchNorm1d(hidden_dim)] if use_bn else []) + [nn.GELU()]
             dim = hidden_dim
         mods.append(nn.Linear(dim, bottleneck_dim))
         self.mlp = nn.Sequential(*mods)

@@ -69,6 +69,11 @@ def test_head_is_mlp_then_l2_normalised_bottleneck_then_weight_normalised_layer(
     torch.testing.assert_close(head(x), h @ (g * v / v.norm(dim=1, keepdim=True)).T)
     assert not g.requires_grad and torch.equal(g, torch.ones(10, 1))
     assert DINOHead(6, 10, 8, 4, norm_last_layer=False).last_layer.weight_g.requires_grad
+    with_bn = DINOHead(6, 10, 8, 4, layers=3, use_bn=True).mlp   # the reference code's use_bn_in_head
+    assert [type(m).__name__ for m in with_bn] == ["Linear", "BatchNorm1d", "GELU"] * 2 + ["Linear"]
+    m = make(use_bn_in_head=True)
+    m.loss(images(), torch.Generator().manual_seed(0))[0].backward()
+    assert all(p.grad is not None for p in m.head.parameters() if p.requires_grad)
 
 
 def test_method_loss_uses_the_centred_sharpened_teacher_on_global_views_and_updates_the_center():
