@@ -13,6 +13,8 @@ the one-process gradient. (Standardising per rank, or summing per-rank C without
 back, gives a different loss or a gradient scaled by the number of processes: the 2-rank test guards
 both.)
 
+Dimensions: the paper's projector is 8192 wide; here it is scaled to the demo's small batches (see Params).
+
 Recipe: as VICReg here (BYOL colour recipe, crops of 20-100 %, blur off, solarisation 0.1 on both views).
 """
 from __future__ import annotations
@@ -55,8 +57,10 @@ class BarlowTwins(SSLMethod):
     @dataclass
     class Params:
         off_diagonal_weight: float = 5e-3   # lambda
-        hidden_dim: int = 1024              # paper: 8192-8192-8192, scaled to the small encoders
-        projection_dim: int = 1024
+        # paper: 8192-8192-8192 at batch 2048. A batch's cross-correlation has rank at most the batch size, so
+        # at the demo's batches (32-64) most of a wide one is out of reach: wide projectors learned little there
+        hidden_dim: int = 512
+        projection_dim: int = 128
 
         def __post_init__(self) -> None:
             check_knob(self.off_diagonal_weight >= 0, "off_diagonal_weight", ">= 0", self.off_diagonal_weight)
