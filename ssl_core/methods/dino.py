@@ -8,7 +8,9 @@ views only, the student all of them. Loss: the mean over every (teacher global v
 v != i) pair of the cross-entropy between the teacher's centred, sharpened softmax
 softmax((t - center) / teacher_temp) and the student's softmax(s / student_temp), each averaged over
 the batch. Collapse is avoided by centring (the center is an EMA of the teacher's batch mean, averaged
-over processes when distributed: a buffer, so checkpoints carry it) and sharpening.
+over processes when distributed: a buffer, so checkpoints carry it) and sharpening. A loss stuck at
+ln(out_dim) is the uniform collapse (centring winning over sharpening): on short runs at small batches
+a faster teacher (lower base_momentum), use_bn_in_head on ResNets, or a sharper teacher are the knobs.
 
 Schedules, all through SSLMethod's generic hooks: the teacher temperature warms up linearly from
 warmup_teacher_temp to teacher_temp over warmup_teacher_temp_epochs (per iteration; the reference
