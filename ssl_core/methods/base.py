@@ -2,7 +2,25 @@
 
 A method owns: how it turns a uint8 batch into views/targets, the loss, its heads, and whatever it
 must checkpoint beyond the encoder (momentum encoders, queues: registered as buffers/submodules so
-`state_dict()` carries them). The trainer only calls `loss()` and `after_step()`.
+`state_dict()` carries them).
+
+What the trainer calls, once per optimizer step, in this order (every hook but `loss` defaults to
+nothing, so a method overrides only what it needs):
+  optimizer_schedule(clock) -> {hyperparameter: factor}: per-iteration schedules of optimizer settings;
+      each param group's value is set to (the value it was built with) x factor, so groups built with
+      0 (no weight decay on norms and biases) stay at 0. DINO: the cosine weight-decay schedule. The
+      learning rate is the trainer's own schedule and cannot be set here.
+  begin_step(clock): before the forward pass; per-iteration values the loss reads (DINO's teacher
+      temperature warm-up).
+  loss(images_u8, gen) -> (loss, extra metrics)
+  -- backward(); with several processes the gradients are already averaged over ranks here --
+  before_optimizer_step(clock): between backward() and optimizer.step(): gradient clipping, freezing a
+      layer (setting its .grad to None skips its update, weight decay included).
+  after_step(progress): after optimizer.step(), progress = finished steps / total in [0, 1] (momentum
+      encoders' EMA).
+`clock` is a StepClock: which step this is, in steps and in (fractional) epochs. Randomness comes only
+from the `gen` passed to loss(), derived by the trainer from (seed, step), so a resumed run repeats
+the uninterrupted one; anything a hook changes that must survive a restart is a buffer.
 """
 from __future__ import annotations
 
@@ -14,8 +32,15 @@ import torch
 from torch import nn
 
 from ssl_core.augment import AugmentConfig
+from ssl_core.training.clock import StepClock
 
 registry: dict[str, type["SSLMethod"]] = {}
+
+
+def check_knob(ok: bool, knob: str, requirement: str, value: Any) -> None:
+    """Params.__post_init__ range checks: a ValueError that names pretrain.method_params.<knob>."""
+    if not ok:
+        raise ValueError(f"pretrain.method_params.{knob} must be {requirement}, got {value!r}")
 
 
 class SSLMethod(nn.Module):
@@ -60,6 +85,16 @@ class SSLMethod(nn.Module):
         from ssl_core.augment import augment_batch
 
         return [augment_batch(images_u8, self.augment, gen) for _ in range(2)]
+
+    def optimizer_schedule(self, clock: StepClock) -> dict[str, float]:
+        """Factors for optimizer hyperparameters at this step ({"weight_decay": 2.0}); {} = as built."""
+        return {}
+
+    def begin_step(self, clock: StepClock) -> None:
+        """Called before each step's forward pass (per-iteration values the loss reads)."""
+
+    def before_optimizer_step(self, clock: StepClock) -> None:
+        """Called between backward() and optimizer.step() (gradient clipping, frozen layers)."""
 
     @torch.no_grad()
     def after_step(self, progress: float) -> None:

@@ -1,11 +1,14 @@
 """Encoders: torchvision ResNets (optional small-image stem), a narrow ResNet for CPU runs, a small ViT.
 
 Every backbone takes float images in [0, 1] shaped [B, C, H, W] and returns features [B, out_dim].
-Input normalisation lives inside, so an exported encoder is self-contained.
+Input normalisation lives inside, so an exported encoder is self-contained. Any image size works
+(multi-crop feeds smaller local views): the ResNets pool globally, the ViT resizes its position
+embeddings to the patch grid of the input.
 """
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 from torchvision.models import resnet
 from torchvision.models.vision_transformer import VisionTransformer
@@ -86,12 +89,30 @@ class ViTTrunk(nn.Module):
         self.dim = dim
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.vit(x)
+        if x.shape[-2:] == (self.vit.image_size, self.vit.image_size):
+            return self.vit(x)
+        return self.encode_tokens(self.patch_tokens(x))[:, 0]   # another size (multi-crop): class token
+
+    def position_embedding(self, grid_h: int, grid_w: int) -> torch.Tensor:
+        """Patch position embeddings for a grid_h x grid_w patch grid, [1, grid_h * grid_w, dim]: the learned
+        ones, resized bicubically when the grid differs from the training size's (as DINO's ViT)."""
+        pos = self.vit.encoder.pos_embedding[:, 1:]
+        side = self.vit.image_size // self.patch_size
+        if (grid_h, grid_w) == (side, side):
+            return pos
+        grid = pos.reshape(1, side, side, self.dim).permute(0, 3, 1, 2)
+        grid = F.interpolate(grid, size=(grid_h, grid_w), mode="bicubic", align_corners=False)
+        return grid.permute(0, 2, 3, 1).reshape(1, grid_h * grid_w, self.dim)
 
     # Patch-level access (MAE encodes only the visible patches; dense pretext heads read patch tokens).
     def patch_tokens(self, x: torch.Tensor) -> torch.Tensor:
-        """Normalised images -> patch embeddings plus their position embeddings, [B, N, dim] row-major."""
-        return self.vit._process_input(x) + self.vit.encoder.pos_embedding[:, 1:]
+        """Normalised images -> patch embeddings plus their position embeddings, [B, N, dim] row-major.
+        A side that is not a multiple of the patch size loses its last partial patch (the convolution's floor)."""
+        if x.shape[-2:] == (self.vit.image_size, self.vit.image_size):
+            return self.vit._process_input(x) + self.vit.encoder.pos_embedding[:, 1:]
+        grid = self.vit.conv_proj(x)                                 # [B, dim, h, w]
+        tokens = grid.flatten(2).transpose(1, 2)
+        return tokens + self.position_embedding(grid.shape[-2], grid.shape[-1])
 
     def encode_tokens(self, tokens: torch.Tensor) -> torch.Tensor:
         """Prepend the class token and run the transformer on any subset of patch tokens: [B, 1 + n, dim].

@@ -1,7 +1,9 @@
 """The pretraining loop: uint8 cache -> method.loss -> optimizer, with warm-up + cosine LR.
 
 Randomness is derived from (seed, step) rather than carried along, so a resumed run draws exactly
-the batches and augmentations the uninterrupted run would have drawn.
+the batches and augmentations the uninterrupted run would have drawn. The method's per-step hooks
+(optimizer_schedule, begin_step, before_optimizer_step, after_step: see ssl_core/methods/base.py) are
+functions of the step's StepClock, so they too repeat on resume.
 """
 from __future__ import annotations
 
@@ -15,7 +17,8 @@ from torch import nn
 
 from ssl_core.training import distributed as dist_utils
 from ssl_core.augment import compiled_augment
-from ssl_core.training.optim import build_optimizer, warmup_cosine
+from ssl_core.training.clock import StepClock
+from ssl_core.training.optim import apply_schedule, build_optimizer, group_hyperparameters, warmup_cosine
 
 
 @dataclass
@@ -59,16 +62,20 @@ def steps_per_epoch(n: int, batch_size: int) -> int:
 
 def train_step(method: nn.Module, optimizer: torch.optim.Optimizer, batch_u8: torch.Tensor,
                gen: torch.Generator | None, loss_fn: Callable | None = None,
-               bf16: bool = False) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+               bf16: bool = False, clock: StepClock | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """One optimizer step of any method. Returns the (detached) loss without a host sync.
 
     loss_fn: method.loss, or the same call through DistributedDataParallel (dist_utils.loss_fn_for).
-    bf16: the forward pass under bf16 autocast; backward and the optimizer stay outside it."""
+    bf16: the forward pass under bf16 autocast; backward and the optimizer stay outside it.
+    clock: this step's place in the run, for the method's hooks (default: the first step of one)."""
+    clock = clock or StepClock(step=0, steps_per_epoch=1, total_steps=1)
+    method.begin_step(clock)
     amp = torch.autocast(batch_u8.device.type, dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
     with amp:
         loss, extra = (loss_fn or method.loss)(batch_u8, gen)
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
+    method.before_optimizer_step(clock)
     optimizer.step()
     return loss.detach(), extra
 
@@ -113,6 +120,7 @@ class _Setup:
     steps_per_epoch: int
     total_steps: int
     state: TrainState
+    built: list   # each optimizer group's configured hyperparameters, what schedules scale
 
 
 def _set_up(method: nn.Module, images_u8: torch.Tensor, cfg: TrainConfig, device: torch.device,
@@ -130,13 +138,14 @@ def _set_up(method: nn.Module, images_u8: torch.Tensor, cfg: TrainConfig, device
     spe = steps_per_epoch(images_u8.shape[0], global_batch)
     total = spe * cfg.epochs
     optimizer = build_optimizer(method, cfg.optimizer, cfg.lr, cfg.weight_decay)
+    built = group_hyperparameters(optimizer)   # before a restore: schedules scale the configured values
     scheduler = warmup_cosine(optimizer, warmup_steps=spe * cfg.warmup_epochs, total_steps=total)
     state = TrainState()
     if checkpointer is not None:
         state = checkpointer.restore(method, optimizer, scheduler) or state
     if cfg.cache_on_device:
         images_u8 = images_u8.to(device)
-    return _Setup(optimizer, scheduler, loss_fn, images_u8, global_batch, spe, total, state)
+    return _Setup(optimizer, scheduler, loss_fn, images_u8, global_batch, spe, total, state, built)
 
 
 def pretrain(method: nn.Module, images_u8: torch.Tensor, cfg: TrainConfig,
@@ -167,7 +176,9 @@ def pretrain(method: nn.Module, images_u8: torch.Tensor, cfg: TrainConfig,
                 batch = images_u8[idx]
                 batch = batch.pin_memory().to(device, non_blocking=True) if pinned else batch.to(device)
                 gen = step_generator(cfg.seed, state.global_step * world + rank, device)
-                loss, _ = train_step(method, optimizer, batch, gen, run.loss_fn, cfg.bf16)
+                clock = StepClock(state.global_step, spe, run.total_steps)
+                apply_schedule(optimizer, run.built, method.optimizer_schedule(clock))   # {}: nothing changes
+                loss, _ = train_step(method, optimizer, batch, gen, run.loss_fn, cfg.bf16, clock)
                 loss = dist_utils.mean_across_ranks(loss)   # the global batch's loss, the same on every rank
                 scheduler.step()
                 method.after_step((state.global_step + 1) / run.total_steps)

@@ -1,5 +1,6 @@
 """Optimizers (SGD, AdamW, LARS) with weight decay kept off norm and bias parameters,
-and the linear warm-up + cosine learning-rate schedule."""
+the linear warm-up + cosine learning-rate schedule, methods' per-iteration hyperparameter
+schedules (apply_schedule) and per-tensor gradient clipping."""
 from __future__ import annotations
 
 import math
@@ -78,3 +79,35 @@ def warmup_cosine(optimizer: torch.optim.Optimizer, warmup_steps: int, total_ste
         span = max(total_steps - warmup_steps, 1)
         return 0.5 * (1 + math.cos(math.pi * min(step - warmup_steps, span) / span))
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+def group_hyperparameters(optimizer: torch.optim.Optimizer) -> list[dict]:
+    """Each param group's settings as built (no parameters): the base that schedules scale."""
+    return [{k: v for k, v in group.items() if k != "params"} for group in optimizer.param_groups]
+
+
+def apply_schedule(optimizer: torch.optim.Optimizer, base: list[dict], factors: dict[str, float]) -> None:
+    """group[key] = base value x factor for every group: a per-iteration schedule (SSLMethod.optimizer_schedule).
+
+    Scaling the as-built values keeps groups built with 0 (norm and bias weight decay) at 0, and sets
+    the same values on a resumed run as on the uninterrupted one."""
+    for key, factor in factors.items():
+        if key in ("lr", "initial_lr"):
+            raise ValueError("the learning rate follows the trainer's warm-up + cosine schedule; "
+                             "a method's optimizer_schedule cannot set it")
+        for group, built in zip(optimizer.param_groups, base):
+            if key not in built:
+                raise ValueError(f"optimizer_schedule: {type(optimizer).__name__} has no setting {key!r}")
+            group[key] = built[key] * factor
+
+
+@torch.no_grad()
+def clip_grad_per_tensor(parameters, max_norm: float, eps: float = 1e-6) -> None:
+    """Scale each gradient tensor whose L2 norm exceeds max_norm down to max_norm (DINO's clip_gradients:
+    per tensor, not one global norm). Branch-free, so it never waits for the device."""
+    grads = [p.grad for p in parameters if p.grad is not None]
+    if not grads:
+        return
+    norms = torch._foreach_norm(grads)
+    scales = [torch.clamp(max_norm / (n + eps), max=1.0) for n in norms]
+    torch._foreach_mul_(grads, scales)
