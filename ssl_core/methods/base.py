@@ -43,6 +43,14 @@ def check_knob(ok: bool, knob: str, requirement: str, value: Any) -> None:
         raise ValueError(f"pretrain.method_params.{knob} must be {requirement}, got {value!r}")
 
 
+def check_int_knobs(params: Any, knobs: tuple[str, ...], low: int) -> None:
+    """Each of `knobs` on `params` is an integer >= low (a bool is not an integer here)."""
+    for knob in knobs:
+        value = getattr(params, knob)
+        check_knob(isinstance(value, int) and not isinstance(value, bool) and value >= low, knob,
+                   f"an integer >= {low}", value)
+
+
 class SSLMethod(nn.Module):
     name: ClassVar[str] = ""
     # Method knobs (pretrain.method_params): a dataclass whose defaults are the paper's.

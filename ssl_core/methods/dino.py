@@ -32,7 +32,7 @@ import torch
 import torch.nn.functional as F
 
 from ssl_core.training.distributed import mean_across_ranks
-from ssl_core.methods.base import SSLMethod, check_knob
+from ssl_core.methods.base import SSLMethod, check_int_knobs, check_knob
 from ssl_core.training.clock import StepClock
 from ssl_core.methods.moco import cosine_momentum, ema_update, frozen_copy
 from ssl_core.models.backbones import ViTTrunk
@@ -90,12 +90,9 @@ class DINO(SSLMethod):
 
         def __post_init__(self) -> None:
             self.local_crop_scale = tuple(self.local_crop_scale)
-            for knob, low in (("out_dim", 1), ("hidden_dim", 1), ("bottleneck_dim", 1), ("head_layers", 1),
-                              ("freeze_last_layer", 0), ("warmup_teacher_temp_epochs", 0), ("local_crops", 0),
-                              ("local_crop_size", 1), ("global_crop_size", 0)):
-                value = getattr(self, knob)
-                check_knob(isinstance(value, int) and not isinstance(value, bool) and value >= low,
-                           knob, f"an integer >= {low}", value)
+            check_int_knobs(self, ("out_dim", "hidden_dim", "bottleneck_dim", "head_layers", "local_crop_size"), low=1)
+            check_int_knobs(self, ("freeze_last_layer", "warmup_teacher_temp_epochs", "local_crops",
+                                   "global_crop_size"), low=0)
             for knob in ("student_temp", "teacher_temp", "warmup_teacher_temp"):
                 check_knob(getattr(self, knob) > 0, knob, "> 0", getattr(self, knob))
             for knob in ("center_momentum", "base_momentum"):

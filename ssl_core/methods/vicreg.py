@@ -27,7 +27,7 @@ import torch.nn.functional as F
 
 from ssl_core.augment import augment_batch
 from ssl_core.training.distributed import gather_with_grad
-from ssl_core.methods.base import SSLMethod, check_knob
+from ssl_core.methods.base import SSLMethod, check_int_knobs, check_knob
 from ssl_core.models.heads import mlp
 
 
@@ -77,10 +77,7 @@ class VICReg(SSLMethod):
                 check_knob(getattr(self, knob) >= 0, knob, ">= 0", getattr(self, knob))
             check_knob(self.variance_eps > 0, "variance_eps", "> 0", self.variance_eps)
             check_knob(self.std_target > 0, "std_target", "> 0", self.std_target)
-            for knob in ("hidden_dim", "projection_dim"):
-                value = getattr(self, knob)
-                check_knob(isinstance(value, int) and not isinstance(value, bool) and value >= 2, knob,
-                           "an integer >= 2", value)
+            check_int_knobs(self, ("hidden_dim", "projection_dim"), low=2)
 
     augment_recipe = {"crop_scale": (0.2, 1.0), "jitter_p": 0.8, "saturation": 0.2, "gray_p": 0.2,
                       "blur_p": 0.0, "solarize_p": 0.1}

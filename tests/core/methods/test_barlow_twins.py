@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from ssl_core.methods import get_method_class
+from two_views import loss_and_projections
 from ssl_core.methods.barlow_twins import BN_EPS, BarlowTwins, barlow_twins_loss
 from ssl_core.models.backbones import build_backbone
 
@@ -67,17 +68,12 @@ def test_perfectly_correlated_decorrelated_embeddings_give_zero():
 
 
 def test_method_loss_and_projector():
-    from ssl_core.augment import augment_batch
 
     torch.manual_seed(0)
     m = BarlowTwins.build(build_backbone("resnet_narrow", 3, 16, width=4), {"hidden_dim": 16, "projection_dim": 8},
                           image_shape=(3, 16, 16)).train()
     x = torch.randint(0, 256, (6, 3, 16, 16), generator=torch.Generator().manual_seed(0), dtype=torch.uint8)
-    loss, _ = m.loss(x, torch.Generator().manual_seed(4))
-    gen = torch.Generator().manual_seed(4)
-    views = torch.cat([augment_batch(x, m.augment, gen), augment_batch(x, m.augment, gen)])
-    with torch.no_grad():
-        z1, z2 = m.projector(m.backbone(views)).double().chunk(2)
+    loss, _, z1, z2 = loss_and_projections(m, x, seed=4)
     assert loss.item() == pytest.approx(loop_loss(z1.tolist(), z2.tolist(), 5e-3), rel=1e-5)
     assert m.projector[-1].bias is None   # the reference projector's last layer has no bias
 

@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from ssl_core.methods import get_method_class
+from two_views import loss_and_projections
 from ssl_core.methods.vicreg import VICReg, covariance_term, variance_term, vicreg_terms
 from ssl_core.models.backbones import build_backbone
 
@@ -70,15 +71,10 @@ def make():
 
 
 def test_method_loss_is_the_weighted_sum_of_the_terms():
-    from ssl_core.augment import augment_batch
 
     m = make()
     x = torch.randint(0, 256, (6, 3, 16, 16), generator=torch.Generator().manual_seed(0), dtype=torch.uint8)
-    loss, extra = m.loss(x, torch.Generator().manual_seed(4))
-    gen = torch.Generator().manual_seed(4)
-    views = torch.cat([augment_batch(x, m.augment, gen), augment_batch(x, m.augment, gen)])
-    with torch.no_grad():
-        z1, z2 = m.projector(m.backbone(views)).double().chunk(2)
+    loss, extra, z1, z2 = loss_and_projections(m, x, seed=4)
     inv, var, cov = loop_terms(z1.tolist(), z2.tolist(), 1e-4, 1.0)
     assert loss.item() == pytest.approx(25 * inv + 25 * var + cov, rel=1e-5)
     assert extra["variance"].item() == pytest.approx(var, rel=1e-5)
