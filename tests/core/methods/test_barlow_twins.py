@@ -68,7 +68,6 @@ def test_perfectly_correlated_decorrelated_embeddings_give_zero():
 
 
 def test_method_loss_and_projector():
-
     torch.manual_seed(0)
     m = BarlowTwins.build(build_backbone("resnet_narrow", 3, 16, width=4), {"hidden_dim": 16, "projection_dim": 8},
                           image_shape=(3, 16, 16)).train()

@@ -71,7 +71,6 @@ def make():
 
 
 def test_method_loss_is_the_weighted_sum_of_the_terms():
-
     m = make()
     x = torch.randint(0, 256, (6, 3, 16, 16), generator=torch.Generator().manual_seed(0), dtype=torch.uint8)
     loss, extra, z1, z2 = loss_and_projections(m, x, seed=4)
