@@ -93,6 +93,8 @@ class Records:
         return [r for r in self.entries if not r.is_demo]
 
     def save(self) -> None:
+        if not self.entries and not self.path.exists():
+            return   # nothing recorded yet: no file (a failed first import leaves nothing behind)
         # One import per line: a new import is a one-line diff in git.
         lines = [json.dumps(asdict(r), ensure_ascii=False) for r in self.entries]
         text = ('{"about": "what each dataset under this folder holds and where it came from (written by '
