@@ -257,7 +257,7 @@ def _unreachable(root: Path, remote: str | None, err: DvcError) -> str:
     config = _config(root)
     name = remote or config.get("core.remote")
     url = config.get(f"remote.{name}.url", "") if name else ""
-    local = (root / ".dvc" / url).resolve() if url and "://" not in url and not os.path.isabs(url) else None
+    local = (root / ".dvc" / url).resolve() if url and "://" not in url else None   # absolute urls stay as they are
     if not name:
         where = "no DVC remote is configured"
     elif local is not None and not (local.is_dir() and any(local.iterdir())):
