@@ -51,12 +51,13 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
                                                               "dvc add what is left")
     remove.add_argument("ids", nargs="+", type=int, metavar="IMPORT_ID")
     remove.add_argument("--dry-run", action="store_true", help="list what would be removed, remove nothing")
-    dsub.add_parser("push", parents=[common], help="dvc push the datasets to the default remote")
+    dsub.add_parser("push", parents=[common], help="dvc push the datasets (and cached stage outputs) to the default remote")
     dsub.add_parser("pull", parents=[common], help="dvc pull the datasets from the default remote")
     data.set_defaults(func=cmd_data)
 
 
 def cmd_data(args) -> int:
+    from ssl_pipeline.config.schema import RAW_DATASETS as DATASETS
     from ssl_pipeline.versioning import workspace as dvcops
 
     root, raw = Path("."), Path(params_of(args).data.raw_dir)
@@ -66,7 +67,10 @@ def cmd_data(args) -> int:
             return {"demo": _demo, "import": _import, "remove": _remove}[args.data_command](args, root, raw)
     if args.data_command == "status":
         return _status(args, root, raw)
-    print(dvcops.push(root) if args.data_command == "push" else dvcops.pull(root))
+    if args.data_command == "push":   # the datasets and every cached stage output: what a clone may pull
+        print(dvcops.push(root))
+    else:   # the datasets only: the stages rerun from them (`dvc pull` fetches pushed outputs too)
+        print(dvcops.pull(root, [f"{raw / d}.dvc" for d in DATASETS if (root / f"{raw / d}.dvc").exists()]))
     return 0
 
 
