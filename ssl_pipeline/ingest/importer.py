@@ -123,7 +123,7 @@ def stage_files(plan: Plan, index: ContentIndex, dest_root: Path, record: Import
     incoming = dest_root.parent / ".incoming"
     incoming.mkdir(parents=True, exist_ok=True)
     digest = ContentDigest()
-    for i, (source, place) in enumerate(plan.files):
+    for i, (source, place) in enumerate(plan.files()):
         rel = source.relative_to(Path(record.source)).as_posix()
         tmp = incoming / str(i)
         try:
@@ -152,8 +152,8 @@ def stage_files(plan: Plan, index: ContentIndex, dest_root: Path, record: Import
             index.note(md5, place, labeled)
             record.files[place] = record.files.get(place, 0) + 1
             digest.add(f"{place}/{name} {md5}")
-        if progress and (i % 200 == 0 or i == len(plan.files) - 1):
-            progress(i + 1, len(plan.files))
+        if progress and (i % 200 == 0 or i == plan.count - 1):
+            progress(i + 1, plan.count)
     record.added = sum(record.files.values())
     record.md5 = digest.hexdigest() if record.added else ""
 

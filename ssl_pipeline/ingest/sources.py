@@ -18,6 +18,7 @@ import os
 import stat
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Iterator
 
 from ssl_core.data.cache import LABELED_SPLITS
 from ssl_core.data.listing import IMAGE_EXTENSIONS
@@ -26,20 +27,32 @@ from ssl_pipeline.ingest.store import DataImportError, inside, is_import_folder
 
 @dataclass
 class Plan:
-    """What an import would copy: (source file, place) with place "" (unlabeled) or "<split>/<class>"."""
+    """What an import would copy: the images under each folder go to its place, "" (unlabeled) or
+    "<split>/<class>". Files are listed twice (counted here, copied in files()), never held in a list:
+    an import of millions of files does not hold millions of paths."""
     kind: str
     layout: str                                                   # "flat" | "class" | "split"
-    files: list[tuple[Path, str]] = field(default_factory=list)
+    src: Path = Path(".")
+    folders: list[tuple[Path, str]] = field(default_factory=list)
+    count: int = 0
     skipped: list[list[str]] = field(default_factory=list)        # [[path relative to src, reason], ...]
     classes: dict[str, list[str]] = field(default_factory=dict)   # split -> classes with images
 
+    def files(self) -> Iterator[tuple[Path, str]]:
+        reader = _Reader(self.src, quiet=True)
+        for folder, place in self.folders:
+            for path in reader.images_under(folder):
+                yield path, place
+
 
 class _Reader:
-    def __init__(self, src: Path):
-        self.src = src
+    def __init__(self, src: Path, quiet: bool = False):
+        self.src, self.quiet = src, quiet   # quiet: a second listing, whose skips are already recorded
         self.skipped: list[list[str]] = []
 
     def skip(self, path: Path | str, reason: str) -> None:
+        if self.quiet:
+            return
         rel = os.path.relpath(path, self.src)
         self.skipped.append([Path(rel).as_posix(), reason])
 
@@ -73,9 +86,8 @@ class _Reader:
             return f"not an image file ({ext or 'no extension'})"
         return None
 
-    def images_under(self, folder: Path) -> list[Path]:
+    def images_under(self, folder: Path) -> Iterator[Path]:
         """Image files under `folder`, recursive and sorted; everything else is listed as skipped."""
-        found = []
         for dirpath, dirnames, filenames in os.walk(folder, onerror=self._unreadable_folder):
             here = Path(dirpath)
             for d in sorted(dirnames):
@@ -89,8 +101,7 @@ class _Reader:
                 if reason:
                     self.skip(here / name, reason)
                 else:
-                    found.append(here / name)
-        return found
+                    yield here / name
 
     def _unreadable_folder(self, err: OSError) -> None:
         self.skip(err.filename, f"unreadable folder ({err.strerror or err})")
@@ -134,8 +145,8 @@ def plan_import(src: Path, kind: str) -> Plan:
     """The files of `src` (resolved, a folder) for an unlabeled or labeled import; see the module docstring."""
     reader = _Reader(src)
     if kind == "unlabeled":
-        plan = Plan(kind, "flat", [(f, "") for f in reader.images_under(src)])
-        if not plan.files:
+        plan = Plan(kind, "flat", src, [(src, "")], sum(1 for _ in reader.images_under(src)))
+        if not plan.count:
             raise DataImportError(f"{src}: no image files found ({', '.join(sorted(IMAGE_EXTENSIONS))})")
     else:
         plan = _labeled_plan(reader)
@@ -153,17 +164,18 @@ def _labeled_plan(reader: _Reader) -> Plan:
                 f"{src}: mixes split folders ({', '.join(sorted(names & set(LABELED_SPLITS)))}) with other folders "
                 f"({', '.join(sorted(names - set(LABELED_SPLITS))) or 'no train/'}); use either <class>/ folders "
                 "or train/ [val/] test/ folders each holding <class>/ folders")
-        splits, plan = {p.name: p for p in top}, Plan("labeled", "split")
+        splits, plan = {p.name: p for p in top}, Plan("labeled", "split", src)
     else:
-        splits, plan = {"train": src}, Plan("labeled", "class")
+        splits, plan = {"train": src}, Plan("labeled", "class", src)
     for split, folder in splits.items():
         for class_dir in (top if plan.layout == "class" else reader.subfolders(folder, "class folder")):
-            files = reader.images_under(class_dir)
-            if not files:
+            count = sum(1 for _ in reader.images_under(class_dir))
+            if not count:
                 reader.skip(class_dir, "empty class folder (no images)")
                 continue
             plan.classes.setdefault(split, []).append(class_dir.name)
-            plan.files += [(f, f"{split}/{class_dir.name}") for f in files]
+            plan.folders.append((class_dir, f"{split}/{class_dir.name}"))
+            plan.count += count
     if "train" not in plan.classes:
         raise DataImportError(f"{splits['train']}: no class folders with images found "
                               "(a labeled folder holds one folder of images per class)")

@@ -11,6 +11,7 @@ placed by hand), hashed when needed.
 """
 from __future__ import annotations
 
+import array
 import hashlib
 import os
 import re
@@ -74,20 +75,24 @@ def place_of(rel_parts: tuple[str, ...], labeled: bool) -> str:
 
 
 def dataset_files(root: Path, labeled: bool, folder: str | None = None) -> Iterator[tuple[Path, str]]:
-    """(file, place) for every non-hidden file of a dataset; folder="" gives loose files only, a folder
-    name the files of that import only, None all of them."""
+    """(file, place) for every non-hidden file of a dataset, streamed folder by folder (memory does not
+    grow with the files); folder="" gives loose files only, an import folder's name the files of that
+    import only, None all of them."""
     if not root.is_dir():
         return
-    for dirpath, dirnames, filenames in os.walk(root):
-        rel = Path(dirpath).relative_to(root).parts
-        in_import = next((p for p in rel if is_import_folder(p)), "")
-        dirnames[:] = [d for d in sorted(dirnames) if not d.startswith(".")
-                       and not (folder is not None and not in_import and is_import_folder(d) and d != folder)]
-        if folder is not None and in_import != folder:
-            continue
-        for name in sorted(filenames):
-            if not name.startswith("."):
-                yield Path(dirpath) / name, place_of(rel + (name,), labeled)
+    pending = [(root, (), "")]   # (folder, its parts below root, the import folder it is in)
+    while pending:
+        here, rel, in_import = pending.pop()
+        with os.scandir(here) as entries:
+            for entry in entries:
+                if entry.name.startswith("."):
+                    continue
+                if entry.is_dir(follow_symlinks=False):
+                    inner = in_import or (entry.name if is_import_folder(entry.name) else "")
+                    if folder is None or inner in ("", folder) and not (folder == "" and inner):
+                        pending.append((Path(entry.path), rel + (entry.name,), inner))
+                elif folder is None or in_import == folder:
+                    yield Path(entry.path), place_of(rel + (entry.name,), labeled)
 
 
 class ContentDigest:
@@ -128,13 +133,13 @@ class ContentIndex:
 
     def __init__(self, root: Path | None, labeled: bool):
         places: dict[str, int] = {}
-        digests, codes = [], []
+        digests, codes = bytearray(), array.array("i")
         for path, place in (dataset_files(root, labeled) if root is not None else ()):
-            digests.append(bytes.fromhex(md5_from_name(path.name) or file_md5(path)))
+            digests += bytes.fromhex(md5_from_name(path.name) or file_md5(path))
             codes.append(places.setdefault(place, len(places)))
-        order = np.argsort(np.array(digests, dtype="S16"), kind="stable") if digests else np.zeros(0, np.int64)
-        self.digests = np.array(digests, dtype="S16")[order]
-        self.codes = np.array(codes, dtype=np.int32)[order]
+        keys = np.frombuffer(bytes(digests), dtype="S16")
+        order = np.argsort(keys, kind="stable")
+        self.digests, self.codes = keys[order], np.frombuffer(codes, dtype=np.int32)[order]
         self.places = list(places)
         self.added: dict[str, str] = {}
 

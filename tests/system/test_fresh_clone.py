@@ -49,3 +49,39 @@ def test_a_fresh_clone_is_clean_after_pull_and_make_run(tmp_path):
     assert "prepare: ran" in done.stdout   # the clone trained: nothing came from the origin's outputs
     assert git(clone, "status", "--porcelain") == "", (git(clone, "status", "--porcelain"), git(clone, "diff"))
     assert (clone / "dvc.lock").read_text() == lock
+
+
+def test_the_committed_dvc_lock_matches_this_trees_code_params_and_demo_data(tmp_path):
+    """What a fresh clone's `make run` compares dvc.lock against, without training: every stage's code and
+    params deps, and the demo data. A code or params change without `make lock` fails here."""
+    import json
+    import shutil
+
+    from fixtures_repo import PROJECT_ROOT
+    from ssl_pipeline.ingest.demo import install_demo
+    from ssl_pipeline.versioning import workspace as dvcops
+
+    root = project_copy(tmp_path / "clone")
+    for tracked in [*(PROJECT_ROOT / "data/raw").glob("*.dvc"), PROJECT_ROOT / "data/raw/imports.json"]:
+        shutil.copy(tracked, root / "data/raw" / tracked.name)
+    shutil.copy(PROJECT_ROOT / "dvc.lock", root / "dvc.lock")
+    install_demo(root / "data/raw")
+    outputs = {out if isinstance(out, str) else next(iter(out))
+               for stage in yaml_stages(root).values() for kind in ("outs", "metrics", "plots")
+               for out in stage.get(kind, [])}
+    status = json.loads(dvcops.dvc("status", "--json", cwd=root).stdout.strip().splitlines()[-1] or "{}")
+    stale = []
+    for stage, changes in status.items():
+        for change in changes:
+            if not isinstance(change, dict):
+                continue
+            stale += [f"{stage}: {path} {what}" for path, what in change.get("changed deps", {}).items()
+                      if path not in outputs]
+            stale += [f"{stage}: params {p}" for p in change.get("changed params", {}) or {}]
+    assert not stale, "dvc.lock is stale: run `make lock` and commit dvc.lock\n" + "\n".join(stale)
+
+
+def yaml_stages(root) -> dict:
+    import yaml
+
+    return yaml.safe_load((root / "dvc.yaml").read_text())["stages"]
