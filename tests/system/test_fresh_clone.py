@@ -62,6 +62,7 @@ def test_the_committed_dvc_lock_matches_this_trees_code_params_and_demo_data(tmp
     from ssl_pipeline.versioning import workspace as dvcops
 
     root = project_copy(tmp_path / "clone")
+    (root / "data/raw").mkdir(parents=True, exist_ok=True)
     for tracked in [*(PROJECT_ROOT / "data/raw").glob("*.dvc"), PROJECT_ROOT / "data/raw/imports.json"]:
         shutil.copy(tracked, root / "data/raw" / tracked.name)
     shutil.copy(PROJECT_ROOT / "dvc.lock", root / "dvc.lock")
