@@ -30,7 +30,8 @@ from ssl_pipeline.ingest import datasets
 from ssl_pipeline.ingest.records import ImportRecord, Records, folder_name, now
 from ssl_pipeline.ingest.sources import Plan, plan_import
 from ssl_pipeline.ingest.store import (DATASETS, ContentDigest, ContentIndex, DataExistsError, DataImportError,
-                                       UnsafePathError, canonical_ext, file_md5, import_dirs, inside, swap_in)
+                                       UnsafePathError, canonical_ext, dataset_files, file_md5, import_dirs, inside,
+                                       swap_in)
 
 __all__ = ["DataExistsError", "DataImportError", "UnsafePathError", "ImportResult", "copy_file", "import_folder",
            "swap_in"]
@@ -65,6 +66,8 @@ def import_folder(src: str | Path, kind: Literal["unlabeled", "labeled"], raw_di
     plan = plan_import(src, kind)
     fresh = replace or records.demo_only(kind)
     root = raw / kind
+    if not fresh:
+        _check_in_workspace(root, records)
     classes = _classes_after(plan, None if fresh else root)
     record = ImportRecord(id=records.next_id(), dataset=kind, source=str(src), time=now(),
                           folder=folder_name(records.next_id()), skipped=plan.skipped)
@@ -93,6 +96,16 @@ def _checked_paths(src: str | Path, raw_dir: str | Path) -> tuple[Path, Path]:
     if inside(resolved, raw) or inside(raw, resolved):
         raise UnsafePathError(f"{given}: overlaps the data directory {raw_dir}; import from a folder outside it")
     return resolved, raw
+
+
+def _check_in_workspace(root: Path, records: Records) -> None:
+    """Adding to a dataset that is recorded but not here (a clone before `data pull`) would pin only the
+    new files: refuse instead of dropping the rest from the next version."""
+    held = [r for r in records.of(root.name) if r.added]
+    if held and not any(dataset_files(root, root.name == "labeled")):
+        raise DataImportError(f"{root} holds {sum(r.added for r in held)} imported files by its records but none "
+                              "are in the workspace: fetch them first (`ssl-pipeline data pull`), or rebuild the "
+                              "dataset from this folder alone with --replace")
 
 
 def _classes_after(plan: Plan, existing_root: Path | None) -> list[str]:

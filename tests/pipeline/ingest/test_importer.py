@@ -7,6 +7,7 @@ import io
 import json
 import os
 import re
+import shutil
 from collections import Counter
 from pathlib import Path
 
@@ -304,3 +305,15 @@ def test_refuses_overlap_with_data_dir_and_bad_layouts(tmp_path):
     with pytest.raises(DataImportError, match="not a folder"):
         import_folder(tmp_path / "nope", "unlabeled", tmp_path / "raw2")
     assert not any((tmp_path / "raw2").iterdir())
+
+
+def test_adding_to_a_dataset_that_is_recorded_but_not_pulled_is_refused(tmp_path):
+    """A clone before `data pull`: the new version would pin the new files only."""
+    raw = tmp_path / "raw"
+    import_folder(_make(tmp_path / "a", {"1.png": _png(1)}), "unlabeled", raw)
+    shutil.rmtree(raw / "unlabeled")
+    with pytest.raises(DataImportError, match="ssl-pipeline data pull"):
+        import_folder(_make(tmp_path / "b", {"2.png": _png(2)}), "unlabeled", raw)
+    assert not (raw / "unlabeled").exists()
+    import_folder(tmp_path / "b", "unlabeled", raw, replace=True)   # or start over from this folder
+    assert _contents(raw / "unlabeled") == Counter({("", _md5(_png(2))): 1})
