@@ -64,7 +64,7 @@ def test_imports_add_up_in_data_status_and_remove_lists_what_goes(ws, tmp_path, 
     assert all(d["state"] == "ok" for d in st["datasets"].values())
     assert [(i["id"], i["files"]) for i in st["imports"]["unlabeled"]] == [(1, 12), (3, 5), (4, 0)]
     code, text, _ = run(capsys, "data", "status")
-    assert f"import 2  " in text and str(tmp_path / "lab") in text and "9 files, md5 " in text
+    assert "import 2  " in text and str(tmp_path / "lab") in text and "9 files, md5 " in text
 
     code, out, _ = run(capsys, "data", "remove", "3", "--dry-run")
     assert out.startswith("would remove import 3 (unlabeled") and "5 files" in out
