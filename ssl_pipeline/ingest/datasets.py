@@ -13,7 +13,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ssl_pipeline.ingest.records import DEMO_SOURCE, LOOSE_SOURCE, ImportRecord, Records, now
-from ssl_pipeline.ingest.store import (DATASETS, DataImportError, dataset_files, import_dirs, import_summary,
+from ssl_pipeline.config.schema import RAW_DATASETS as DATASETS
+from ssl_pipeline.ingest.store import (DataImportError, dataset_files, import_dirs, import_summary,
                                        prune_empty, remove_folder, swap_in)
 
 

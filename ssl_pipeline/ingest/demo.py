@@ -26,7 +26,8 @@ from typing import Callable
 import numpy as np
 
 from ssl_pipeline.ingest.records import DEMO_SOURCE, Records
-from ssl_pipeline.ingest.store import DATASETS, DataExistsError, swap_in
+from ssl_pipeline.config.schema import RAW_DATASETS as DATASETS
+from ssl_pipeline.ingest.store import DataExistsError, swap_in
 
 TEST_PER_CLASS = 100
 Progress = Callable[[int, int], None]  # progress(done, total)

@@ -29,7 +29,8 @@ from typing import Callable, Literal
 from ssl_pipeline.ingest import datasets
 from ssl_pipeline.ingest.records import ImportRecord, Records, folder_name, now
 from ssl_pipeline.ingest.sources import Plan, plan_import
-from ssl_pipeline.ingest.store import (DATASETS, ContentDigest, ContentIndex, DataExistsError, DataImportError,
+from ssl_pipeline.config.schema import RAW_DATASETS as DATASETS
+from ssl_pipeline.ingest.store import (ContentDigest, ContentIndex, DataExistsError, DataImportError,
                                        UnsafePathError, canonical_ext, dataset_files, file_md5, import_dirs, inside,
                                        swap_in)
 

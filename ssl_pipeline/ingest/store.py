@@ -23,7 +23,6 @@ from typing import Iterator
 import numpy as np
 
 from ssl_core.data.listing import EXT_TO_FORMAT
-from ssl_pipeline.config.schema import RAW_DATASETS as DATASETS
 from ssl_pipeline.ingest.records import IMPORT_FOLDER_PREFIX
 
 CANONICAL_EXT: dict[str, str] = {}
