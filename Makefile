@@ -1,6 +1,7 @@
-# Two commands for a fresh machine: `make run` (whole pipeline on the demo data) and `make test`.
+# Two commands for a fresh machine: `make run` (the whole pipeline on the workspace's data: the demo in an
+# empty workspace, else what `ssl-pipeline data import` added) and `make test`.
 PYTHON ?= python3
-VENV   := .venv
+VENV   ?= .venv
 BIN    := $(VENV)/bin
 # torch/torchvision pinned to the builds the dev machines serve from local disk (see README).
 TORCH  := torch==2.14.1 torchvision==0.29.1
@@ -8,7 +9,7 @@ export PREFECT_SERVER_ANALYTICS_ENABLED ?= false
 export DO_NOT_TRACK ?= 1
 export DVC_NO_ANALYTICS ?= 1
 
-.PHONY: run test install ui bench compare clean-outputs
+.PHONY: run test install ui bench compare lock clean-outputs
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -23,7 +24,7 @@ $(VENV)/.installed: pyproject.toml | $(BIN)/python
 install: $(VENV)/.installed
 
 run: install
-	$(BIN)/ssl-pipeline data demo
+	$(BIN)/ssl-pipeline data demo --if-empty
 	$(BIN)/ssl-pipeline run
 
 test: install
@@ -37,8 +38,19 @@ bench: install
 
 # Every method on the same data and budget, e.g. make compare ARGS="--methods simclr,rotation --epochs 5"
 compare: install
-	$(BIN)/ssl-pipeline data demo
+	$(BIN)/ssl-pipeline data demo --if-empty
 	$(BIN)/ssl-pipeline compare $(ARGS)
+
+# dvc.lock exactly as `make run` writes it in a fresh clone of HEAD (same code, params, demo data and
+# thread count), so a clone's `make run` leaves git clean. Run it after committing a change to code or
+# params, then commit dvc.lock. Outputs differ in the last bits on another CPU or core count.
+LOCK_CLONE := build/lock-clone
+lock: install
+	rm -rf $(LOCK_CLONE) && git clone -q . $(LOCK_CLONE)
+	cd $(LOCK_CLONE) && PYTHONPATH=$$PWD $(abspath $(BIN))/ssl-pipeline data demo --if-empty \
+		&& PYTHONPATH=$$PWD MLFLOW_TRACKING_URI=sqlite:///$$PWD/mlflow.db $(abspath $(BIN))/ssl-pipeline run
+	cp $(LOCK_CLONE)/dvc.lock dvc.lock && rm -rf $(LOCK_CLONE)
+	git status --short dvc.lock
 
 clean-outputs:
 	rm -rf data/prepared models metrics plots reports checkpoints

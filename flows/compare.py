@@ -18,7 +18,7 @@ from ssl_pipeline.comparison import methods as comparison
 from ssl_pipeline.comparison import report, results
 from ssl_pipeline.config.schema import Params, load_params
 from ssl_core.data.cache import load_meta
-from ssl_pipeline.versioning.workspace import require_data
+from ssl_pipeline.versioning.workspace import require_datasets
 from ssl_pipeline.versioning.repro import repro_stage
 from ssl_pipeline.config.overrides import overridden_params
 
@@ -27,7 +27,7 @@ ARTIFACT_KEY = "method-comparison"
 
 @task(name="check-data")
 def check_data(params: Params, root: Path) -> None:
-    require_data(root, [f"{params.data.raw_dir}/labeled", f"{params.data.raw_dir}/unlabeled"])
+    require_datasets(root, params.data)
 
 
 @task(name="stage-prepare")

@@ -17,7 +17,7 @@ from prefect.runtime import flow_run
 from ssl_pipeline import outputs
 from ssl_pipeline.tracking import runs as tracking
 from ssl_pipeline.config.schema import Params, load_params
-from ssl_pipeline.versioning.workspace import require_data
+from ssl_pipeline.versioning.workspace import require_datasets
 from ssl_pipeline.tracking.registry import register_pipeline_models
 from ssl_pipeline.stages import STAGE_NAMES
 from ssl_pipeline.versioning.repro import repro_stage
@@ -26,7 +26,7 @@ from ssl_pipeline.reports.summary import label_efficiency_markdown
 
 @task(name="check-data")
 def check_data(params: Params, root: Path) -> None:
-    require_data(root, [f"{params.data.raw_dir}/labeled", f"{params.data.raw_dir}/unlabeled"])
+    require_datasets(root, params.data)
 
 
 @task(name="stage")

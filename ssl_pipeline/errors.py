@@ -15,6 +15,12 @@ class StageError(RuntimeError):
     """A stage cannot do its work; the message says why and what to do."""
 
 
+def with_hint(err: Exception, hint: str) -> Exception:
+    """Attach the hint the CLI prints under this error (one that fits the command that failed)."""
+    err.hint = hint   # type: ignore[attr-defined]
+    return err
+
+
 @contextlib.contextmanager
 def recipe_errors_as_stage_errors() -> Iterator[None]:
     """The training core says what cannot work (RecipeError, naming the knob); a stage reports it."""

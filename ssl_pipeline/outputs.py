@@ -26,6 +26,9 @@ CURVES_PNG = Path("reports/training_curves.png")
 EVALUATE_METRICS_JSON = Path("metrics/evaluate.json")
 CLASSIFIER_PT = Path("models/classifier.pt")
 CLASSIFIER_JSON = Path("models/classifier.json")
+# not DVC outputs: which MLflow run logged each model output (run ids differ on every run, so they stay
+# out of what dvc.lock hashes)
+LOGGED_MODELS_JSON = Path("models/logged_models.json")
 # not DVC outputs: crash-safe state, removed once a result is recorded
 PRETRAIN_CHECKPOINT_DIR = Path("checkpoints/pretrain")
 DISTRIBUTED_HANDOFF_DIR = PRETRAIN_CHECKPOINT_DIR / "dist"   # shared by every node of a job

@@ -139,11 +139,15 @@ def test_one_home_for_extensions_splits_stages_and_backbones():
     from ssl_core.data import cache, listing
     from ssl_core.models.backbones import BACKBONE_NAMES
     from ssl_pipeline.config.schema import PretrainParams
-    from ssl_pipeline.ingest import importer
+    from ssl_pipeline.config.schema import RAW_DATASETS
+    from ssl_pipeline.ingest import importer, sources, store
     from ssl_pipeline.stages import STAGE_NAMES
+    from ssl_pipeline.versioning import workspace
 
-    assert importer.IMAGE_EXTENSIONS is listing.IMAGE_EXTENSIONS
-    assert importer.LABELED_SPLITS is cache.LABELED_SPLITS and cache.SPLITS[1:] == cache.LABELED_SPLITS
+    assert sources.IMAGE_EXTENSIONS is listing.IMAGE_EXTENSIONS
+    assert set(store.CANONICAL_EXT) == set(listing.EXT_TO_FORMAT.values())   # one stored extension per format
+    assert sources.LABELED_SPLITS is cache.LABELED_SPLITS and cache.SPLITS[1:] == cache.LABELED_SPLITS
+    assert importer.DATASETS is workspace.DATASETS is RAW_DATASETS
     assert get_args(PretrainParams.model_fields["backbone"].annotation) == BACKBONE_NAMES
     import yaml
 

@@ -58,7 +58,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.debug:
             raise
         print(f"error: {err}", file=sys.stderr)
-        print(f"hint: {_hint(err)}", file=sys.stderr)
+        print(f"hint: {_hint(err, args.command)}", file=sys.stderr)
         return 2
 
 
@@ -75,14 +75,26 @@ def _stdout_closed() -> bool:
     return True
 
 
-def _hint(err: Exception) -> str:
+# Commands that read what earlier stages wrote: a missing file there means a stage has not run.
+_READS_STAGE_OUTPUTS = {"prepare", "pretrain", "finetune", "evaluate", "stage", "export", "compare"}
+
+
+def _hint(err: Exception, command: str = "") -> str:
+    """The second line under an error: what to do next, for this error in this command."""
     from ssl_pipeline.errors import ConfigError
+    from ssl_pipeline.ingest.store import DataImportError
     from ssl_pipeline.versioning.workspace import MissingDataError
 
+    if getattr(err, "hint", None):
+        return err.hint
     if isinstance(err, ConfigError):
         return "fix params.yaml (see `ssl-pipeline config` for every key) or the --set value"
     if isinstance(err, MissingDataError):
-        return "`dvc pull` fetches tracked data; `ssl-pipeline data demo` writes the demo set"
-    if isinstance(err, FileNotFoundError):
+        return "`ssl-pipeline data status` shows which datasets are tracked and which are in the workspace"
+    if isinstance(err, DataImportError):
+        return "`ssl-pipeline data status` lists each dataset and every import (`data import --help`, `data demo --help`)"
+    if isinstance(err, FileNotFoundError) and command in _READS_STAGE_OUTPUTS:
         return "run the earlier stages first (`ssl-pipeline run` or `dvc repro`)"
+    if isinstance(err, FileNotFoundError):
+        return f"check the path in the message (`ssl-pipeline {command} --help` says what it takes)"
     return "rerun with --debug for the full traceback"

@@ -36,6 +36,9 @@ class _Section(BaseModel):
         return data
 
 
+RAW_DATASETS = ("unlabeled", "labeled")   # the dataset folders under data.raw_dir
+
+
 class DataParams(_Section):
     raw_dir: str = "data/raw"
     prepared_dir: str = "data/prepared"
@@ -46,6 +49,7 @@ class DataParams(_Section):
     label_fractions: list[float] = Field(default_factory=lambda: [0.01, 0.1, 1.0], min_length=1)
     small_fraction_seeds: int = Field(3, ge=1, le=20)
     max_unlabeled: int = Field(0, ge=0)
+    pool_includes_labeled: bool = True
 
     @field_validator("label_fractions")
     @classmethod

@@ -5,8 +5,8 @@ then import it like any folder:
     python -m ssl_pipeline.ingest.cifar --per-class 1000            # -> ~/.cache/ssl-pipeline/cifar10-1000
     ssl-pipeline data import ~/.cache/ssl-pipeline/cifar10-1000/train --as labeled
 
-(labeled; the unlabeled pool is the same images without labels; `prepare` carves the seeded,
-class-balanced test and validation splits out of it, since the archive has no test split).
+(labeled; `prepare` pretrains on the same images without labels, data.pool_includes_labeled, and
+carves the seeded, class-balanced test and validation splits out of it, since the archive has no test split).
 
 Safety: only regular files named train/<class>/<file> are extracted, through tarfile's "data"
 filter (no absolute paths, nothing outside the destination, no links or device files); the files

@@ -8,6 +8,9 @@ Semi-supervised protocol: a fixed, seeded, class-balanced 4,000/1,000 split (400
   raw_dir/labeled/test/<class>/mnist_NNNN.png   the 1,000 held-out images
 Same bytes every time (a minimal hand-written PNG, no metadata), so `dvc add` pins a stable md5. A second
 call that finds exactly these files does nothing.
+
+`install_demo` is what `ssl-pipeline data demo` runs: it writes the demo only where no dataset holds
+imported data (or, with replace=True, over it, listing what goes), and records it (records.py).
 """
 from __future__ import annotations
 
@@ -22,10 +25,11 @@ from typing import Callable
 
 import numpy as np
 
-from ssl_pipeline.ingest.importer import DataExistsError, swap_in
+from ssl_pipeline.ingest.records import DEMO_SOURCE, Records
+from ssl_pipeline.config.schema import RAW_DATASETS as DATASETS
+from ssl_pipeline.ingest.store import DataExistsError, swap_in
 
 TEST_PER_CLASS = 100
-DATASETS = ("unlabeled", "labeled")
 Progress = Callable[[int, int], None]  # progress(done, total)
 
 
@@ -111,6 +115,11 @@ def _matches(raw_dir: Path, dataset: str, expected: dict[str, bytes]) -> bool:
     return all(present[k].stat().st_size == len(v) and present[k].read_bytes() == v for k, v in wanted.items())
 
 
+def holds_demo(raw_dir: str | Path, dataset: str, seed: int = 0) -> bool:
+    """True when raw_dir/<dataset> holds exactly the demo's files, byte for byte."""
+    return _matches(Path(raw_dir), dataset, _demo_files_cached(seed))
+
+
 def write_demo(raw_dir: str | Path, seed: int = 0, progress: Progress | None = None,
                replace: bool = False) -> dict:
     """Write the demo under raw_dir (see the module docstring). A dataset folder that already
@@ -121,8 +130,8 @@ def write_demo(raw_dir: str | Path, seed: int = 0, progress: Progress | None = N
     todo = [d for d in DATASETS if not _matches(raw_dir, d, expected)]
     clash = [str(raw_dir / d) for d in todo if (raw_dir / d).exists()]
     if clash and not replace:
-        raise DataExistsError(f"{', '.join(clash)} already holds other data; pass replace=True (--replace) "
-                              "to overwrite it with the demo")
+        raise DataExistsError(f"{', '.join(clash)} already holds other data; `ssl-pipeline data demo --replace` "
+                              "overwrites it with the demo")
     if todo:
         raw_dir.mkdir(parents=True, exist_ok=True)
         staging = Path(tempfile.mkdtemp(prefix=".demo-", dir=raw_dir))
@@ -146,3 +155,31 @@ def write_demo(raw_dir: str | Path, seed: int = 0, progress: Progress | None = N
         "classes": 10,
         "written": todo,
     }
+
+
+def install_demo(raw_dir: str | Path, seed: int = 0, progress: Progress | None = None, replace: bool = False,
+                 if_empty: bool = False) -> dict:
+    """`ssl-pipeline data demo`: write (or restore) the demo and record it. Where a dataset holds
+    imported data, refuse (DataExistsError), or with if_empty=True leave everything as it is and say why
+    in "kept", or with replace=True write the demo over it and list the imports removed in "removed"."""
+    from ssl_pipeline.ingest.datasets import loose_record, recover, register_loose
+
+    raw = Path(raw_dir)
+    raw.mkdir(parents=True, exist_ok=True)
+    recover(raw)
+    records = Records(raw)
+    register_loose(raw, records, save=False)
+    imported = records.real_imports()
+    if imported and not replace:
+        listing = "; ".join(f"{r.describe()}: {r.added} files" for r in imported)
+        if if_empty:
+            return {"written": [], "kept": listing}
+        raise DataExistsError(f"{raw} holds imported data ({listing}); `ssl-pipeline data demo --replace` "
+                              "replaces it with the demo")
+    counts = write_demo(raw, seed, progress, replace=True)
+    if not all(records.demo_only(d) for d in DATASETS):   # a demo already recorded keeps its record (and git clean)
+        records.drop(records.entries)
+        for dataset in DATASETS:
+            loose_record(raw, records, dataset, DEMO_SOURCE)
+        records.save()
+    return {**counts, "removed": imported}

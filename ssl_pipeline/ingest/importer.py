@@ -1,242 +1,204 @@
-"""Copy a user's image folder into the raw data directory, safely and atomically.
+"""`ssl-pipeline data import`: add a user's folder of images to a dataset, never losing what is there.
 
-Layouts (the result is always flat per class, so `prepare` reads one fixed shape):
-- kind="unlabeled": any tree of images -> raw_dir/unlabeled/img_000001.<ext>, ... (names are a
-  seeded shuffle, so they never leak a class folder or the source order).
-- kind="labeled", class layout: src/<class>/**/<image> -> raw_dir/labeled/train/<class>/. No test
-  split is shipped, so `prepare` carves one (seeded, class-balanced) from labeled/train.
-- kind="labeled", split layout: src/{train,test[,val]}/<class>/**/<image> ->
-  raw_dir/labeled/{train,test[,val]}/<class>/. Used as given.
-  `also_unlabeled=True` also writes the train (+val) images, without labels, to raw_dir/unlabeled
-  (how CIFAR-10 enters: labeled, with the unlabeled pool being the same images without labels).
+- Adding (the default): every file is copied into a staging folder and named by its md5 (store.py); a
+  file whose content the dataset already holds is counted as already present and dropped, so importing
+  the same folder twice adds nothing. A labeled image the dataset already holds under another class or
+  split is skipped with that reason. The new files land in the import's own folder (`import-NNNN`) by
+  rename, and the import is recorded (records.py): source, time, files added, already present, skipped.
+- `replace=True` (`--replace`) rebuilds the named dataset from this import alone and swaps it in whole;
+  the other dataset is not touched. Its earlier imports are listed as replaced.
+- A dataset that holds only the demo is replaced by the first real import, and the demo's other half goes
+  too: the demo's unlabeled pool is its labeled training digits, so neither half means anything beside a
+  user's images. Both are said in the result; `ssl-pipeline data demo --replace` brings the demo back.
+- Labeled images are not copied into the unlabeled dataset: `prepare` pretrains on them too (without
+  labels) when `data.pool_includes_labeled` is true.
 
-Safety: nothing outside `src` is ever read. Symlinks are never followed out of `src`: a symlink
-whose target resolves outside `src` (e.g. `x.png -> ../../etc/passwd`) is skipped and listed in
-the result; a symlinked folder is not descended. Destinations are checked to stay inside the
-staging folder, existing data is never overwritten without replace=True, and the copy lands by
-renaming a finished staging folder, so an interrupted import leaves the old data untouched.
+Safety: which files are read is decided in sources.py (nothing outside the source, no fifos or devices);
+the copy itself is `copy_file`. Destinations are checked to stay inside the staging folder; an interrupted
+import leaves the dataset as it was (a pending record is rolled back by the next data command, datasets.py).
 """
 from __future__ import annotations
 
 import os
-import random
 import shutil
 import tempfile
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Literal
 
-from ssl_core.data.cache import LABELED_SPLITS
-from ssl_core.data.listing import IMAGE_EXTENSIONS
+from ssl_pipeline.ingest import datasets
+from ssl_pipeline.ingest.records import ImportRecord, Records, folder_name, now
+from ssl_pipeline.ingest.sources import Plan, plan_import
+from ssl_pipeline.config.schema import RAW_DATASETS as DATASETS
+from ssl_pipeline.ingest.store import (ContentDigest, ContentIndex, DataExistsError, DataImportError,
+                                       UnsafePathError, canonical_ext, dataset_files, file_md5, import_dirs, inside,
+                                       swap_in)
+
+__all__ = ["DataExistsError", "DataImportError", "UnsafePathError", "ImportResult", "copy_file", "import_folder",
+           "swap_in"]
 
 Progress = Callable[[int, int], None]  # progress(done, total)
 
 
-class DataImportError(ValueError):
-    """The folder cannot be imported as asked; the message says why and what to do."""
+@dataclass
+class ImportResult:
+    record: ImportRecord
+    layout: str                                              # "flat" | "class" | "split"
+    classes: list[str] = field(default_factory=list)         # the labeled train classes after the import
+    test_split: str = ""                                     # labeled: "given" | "carve in prepare"
+    replaced: list[ImportRecord] = field(default_factory=list)   # imports this one removed
+    emptied: list[str] = field(default_factory=list)         # other datasets emptied (the demo's other half)
 
 
-class UnsafePathError(DataImportError):
-    """A path would escape the source or the data directory."""
-
-
-class DataExistsError(DataImportError):
-    """The destination already holds data and replace=True was not given."""
-
-
-def _inside(path: Path, root: Path) -> bool:
-    return path == root or root in path.parents
-
-
-def _safe_name(name: str, what: str) -> str:
-    # Names come from directory listings, so this only fires on hand-built calls; keep it anyway:
-    # a destination is built from them.
-    if name in ("", ".", "..") or "/" in name or "\\" in name or "\0" in name:
-        raise UnsafePathError(f"{what} name {name!r} is not a plain file or folder name")
-    return name
-
-
-def _scan(folder: Path, src: Path, skipped: list[tuple[str, str]]) -> list[Path]:
-    """Image files under `folder` (recursive, sorted), never leaving `src`; records skips."""
-    found = []
-    for dirpath, dirnames, filenames in os.walk(folder, followlinks=False):
-        here = Path(dirpath)
-        for d in list(dirnames):
-            p = here / d
-            if d.startswith("."):
-                dirnames.remove(d)
-            elif p.is_symlink():
-                dirnames.remove(d)
-                reason = "symlink escapes the source folder" if not _inside(p.resolve(), src) else "symlinked folder (not followed)"
-                skipped.append((str(p.relative_to(src)), reason))
-        dirnames.sort()
-        for f in sorted(filenames):
-            p = here / f
-            rel = str(p.relative_to(src))
-            if f.startswith("."):
-                continue
-            if p.is_symlink():
-                target = p.resolve()
-                if not _inside(target, src):
-                    skipped.append((rel, f"symlink escapes the source folder (-> {os.readlink(p)})"))
-                    continue
-                if not target.is_file():
-                    skipped.append((rel, "symlink to a non-file"))
-                    continue
-            if p.suffix.lower() not in IMAGE_EXTENSIONS:
-                skipped.append((rel, "not an image file"))
-                continue
-            found.append(p)
-    return found
-
-
-def _subdirs(folder: Path, src: Path, skipped: list[tuple[str, str]]) -> list[Path]:
-    out = []
-    for p in sorted(folder.iterdir()):
-        if p.name.startswith("."):
-            continue
-        if p.is_symlink():
-            reason = "symlink escapes the source folder" if not _inside(p.resolve(), src) else "symlinked folder (not followed)"
-            skipped.append((str(p.relative_to(src)), reason))
-        elif p.is_dir():
-            out.append(p)
-        elif p.suffix.lower() in IMAGE_EXTENSIONS:
-            skipped.append((str(p.relative_to(src)), "image outside any class folder"))
-    return out
-
-
-Plan = dict[str, dict[str, tuple[Path, list[Path]]]]  # {split: {class: (class folder, files)}}
-
-
-def _labeled_plan(src: Path, skipped: list[tuple[str, str]]) -> tuple[Plan, str]:
-    """The files of a labeled folder in class or split layout, and which layout it is."""
-    top = _subdirs(src, src, skipped)
-    names = {p.name for p in top}
-    if names & set(LABELED_SPLITS):
-        if not names <= set(LABELED_SPLITS) or "train" not in names:
-            raise DataImportError(
-                f"{src}: mixes split folders ({', '.join(sorted(names & set(LABELED_SPLITS)))}) with other folders "
-                f"({', '.join(sorted(names - set(LABELED_SPLITS))) or 'no train/'}); use either <class>/ folders "
-                "or train/ [val/] test/ folders each holding <class>/ folders")
-        splits, layout = {p.name: p for p in top}, "split"
-    else:
-        splits, layout = {"train": src}, "class"
-    plan: Plan = {}
-    for split, folder in splits.items():
-        classes = {}
-        for class_dir in _subdirs(folder, src, skipped):
-            files = _scan(class_dir, src, skipped)
-            if files:
-                classes[_safe_name(class_dir.name, "class")] = (class_dir, files)
-        if not classes:
-            raise DataImportError(f"{folder}: no class folders with images found")
-        plan[split] = classes
-    if len(plan["train"]) < 2:
-        raise DataImportError(f"{splits['train']}: a labeled folder needs at least 2 class folders")
-    for split, classes in plan.items():
-        extra = set(classes) - set(plan["train"])
-        if extra:
-            raise DataImportError(f"{src}/{split}: classes {sorted(extra)} have no images in train/")
-    return plan, layout
-
-
-def _flat_names(files: list[Path], base: Path) -> list[str]:
-    """File names for one class folder: nested sub-folders are joined with '__'."""
-    names = [_safe_name("__".join(f.relative_to(base).parts), "file") for f in files]
-    if len(set(names)) != len(names):
-        raise DataImportError(f"{base}: two files map to the same name after flattening sub-folders")
-    return names
-
-
-def swap_in(staged: Path, dest: Path, replace: bool) -> None:
-    """Move a finished `staged` folder to `dest`; an existing `dest` only goes if replace=True."""
-    if dest.exists() or dest.is_symlink():
-        if not replace:
-            raise DataExistsError(f"{dest} already holds data; pass replace=True (--replace) to overwrite it")
-        trash = dest.with_name(f".trash-{dest.name}-{os.getpid()}")
-        shutil.rmtree(trash, ignore_errors=True)
-        os.rename(dest, trash)
-        os.rename(staged, dest)
-        if trash.is_dir() and not trash.is_symlink():
-            shutil.rmtree(trash)
-        else:
-            trash.unlink()
-    else:
-        os.rename(staged, dest)
+def copy_file(src: Path, dest: Path) -> None:
+    """The one place a user's file is read: copy `src` (checked by sources.py) to `dest`."""
+    shutil.copyfile(src, dest)
 
 
 def import_folder(src: str | Path, kind: Literal["unlabeled", "labeled"], raw_dir: str | Path,
-                  progress: Progress | None = None, replace: bool = False,
-                  also_unlabeled: bool = False, seed: int = 0) -> dict:
-    """Copy `src` into raw_dir/unlabeled or raw_dir/labeled; see the module docstring.
-
-    Returns {"kind", "copied": {dataset_or_split: n_files}, "classes": [...] (labeled),
-    "layout": "class"|"split"|"flat", "skipped": [(relative path, reason), ...],
-    "test_split": "given"|"carve in prepare" (labeled)}.
-    """
-    if kind not in ("unlabeled", "labeled"):
-        raise DataImportError(f"kind must be 'unlabeled' or 'labeled', got {kind!r}")
-    if also_unlabeled and kind != "labeled":
-        raise DataImportError("also_unlabeled only applies to kind='labeled'")
-    src_given = Path(src)
-    if not src_given.is_dir():
-        raise DataImportError(f"{src_given}: not a folder")
-    src = src_given.resolve()
-    raw_dir = Path(raw_dir)
-    raw_dir.mkdir(parents=True, exist_ok=True)
-    raw = raw_dir.resolve()
-    if _inside(src, raw) or _inside(raw, src):
-        raise UnsafePathError(f"{src_given}: overlaps the data directory {raw_dir}; import from a folder outside it")
-
-    targets = ["labeled", "unlabeled"] if also_unlabeled else [kind]
-    existing = [t for t in targets if (raw / t).exists()]
-    if existing and not replace:
-        raise DataExistsError(f"{', '.join(str(raw_dir / t) for t in existing)} already holds data; "
-                              "pass replace=True (--replace) to overwrite it")
-
-    skipped: list[tuple[str, str]] = []
-    copies: list[tuple[Path, str]] = []  # (source file, destination relative to the staging dir)
-    result: dict = {"kind": kind, "skipped": skipped, "copied": {}}
-    pool: list[Path] = []
-    if kind == "labeled":
-        plan, result["layout"] = _labeled_plan(src, skipped)
-        result["classes"] = sorted(plan["train"])
-        result["test_split"] = "given" if "test" in plan else "carve in prepare"
-        for split, classes in plan.items():
-            for cls, (class_dir, files) in classes.items():
-                for f, name in zip(files, _flat_names(files, class_dir)):
-                    copies.append((f, f"labeled/{split}/{cls}/{name}"))
-                if split != "test":  # held-out test images never enter the pretraining pool
-                    pool += files
-            result["copied"][f"labeled/{split}"] = sum(len(files) for _, files in classes.values())
-    else:
-        pool = _scan(src, src, skipped)
-        result["layout"] = "flat"
-        if not pool:
-            raise DataImportError(f"{src_given}: no image files found ({', '.join(sorted(IMAGE_EXTENSIONS))})")
-    if kind == "unlabeled" or also_unlabeled:
-        copies += _unlabeled_names(pool, seed)
-        result["copied"]["unlabeled"] = len(pool)
-
+                  progress: Progress | None = None, replace: bool = False) -> ImportResult:
+    """Add (or with replace=True, replace) the images of `src` to raw_dir/<kind>; see the module docstring."""
+    if kind not in DATASETS:
+        raise DataImportError(f"a dataset is 'unlabeled' or 'labeled' (--as), not {kind!r}")
+    src, raw = _checked_paths(src, raw_dir)
+    datasets.recover(raw)
+    records = Records(raw)
+    datasets.register_loose(raw, records)
+    plan = plan_import(src, kind)
+    fresh = replace or records.demo_only(kind)
+    root = raw / kind
+    if not fresh:
+        _check_in_workspace(root, records)
+    classes = _classes_after(plan, None if fresh else root)
+    record = ImportRecord(id=records.next_id(), dataset=kind, source=str(src), time=now(),
+                          folder=folder_name(records.next_id()), skipped=plan.skipped)
     staging = Path(tempfile.mkdtemp(prefix=".import-", dir=raw))
     try:
-        for i, (f, rel) in enumerate(copies):
-            dest = (staging / rel)
-            if not _inside(dest.resolve(), staging.resolve()):
-                raise UnsafePathError(f"{f}: destination {rel} escapes the data directory")
-            dest.parent.mkdir(parents=True, exist_ok=True)
-            # copyfile reads through a symlink only after _scan proved its target is inside src.
-            shutil.copyfile(f, dest)
-            if progress and (i % 200 == 0 or i == len(copies) - 1):
-                progress(i + 1, len(copies))
-        for t in targets:
-            swap_in(staging / t, raw / t, replace)
+        index = ContentIndex(None if fresh else root, labeled=kind == "labeled")
+        stage_files(plan, index, staging / kind, record, progress)
+        if fresh and record.added == 0:
+            raise DataImportError(f"{src}: no file could be imported (see the skipped files); {root} is unchanged")
+        result = ImportResult(record, plan.layout, classes)
+        _commit(raw, records, record, staging, fresh, result)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+    if kind == "labeled":
+        result.test_split = "given" if (root / "test").is_dir() else "carve in prepare"
     return result
 
 
-def _unlabeled_names(pool: list[Path], seed: int) -> list[tuple[Path, str]]:
-    order = list(range(len(pool)))
-    random.Random(seed).shuffle(order)
-    width = max(6, len(str(len(pool))))
-    return [(pool[j], f"unlabeled/img_{k + 1:0{width}d}{pool[j].suffix.lower()}") for k, j in enumerate(order)]
+def _checked_paths(src: str | Path, raw_dir: str | Path) -> tuple[Path, Path]:
+    given = Path(src)
+    if not given.is_dir():
+        raise DataImportError(f"{given}: not a folder")
+    raw_dir = Path(raw_dir)
+    raw_dir.mkdir(parents=True, exist_ok=True)
+    resolved, raw = given.resolve(), raw_dir.resolve()
+    if inside(resolved, raw) or inside(raw, resolved):
+        raise UnsafePathError(f"{given}: overlaps the data directory {raw_dir}; import from a folder outside it")
+    return resolved, raw
+
+
+def _check_in_workspace(root: Path, records: Records) -> None:
+    """Adding to a dataset that is recorded but not here (a clone before `data pull`) would pin only the
+    new files: refuse instead of dropping the rest from the next version."""
+    held = [r for r in records.of(root.name) if r.added]
+    if held and not any(dataset_files(root, root.name == "labeled")):
+        raise DataImportError(f"{root} holds {sum(r.added for r in held)} imported files by its records but none "
+                              "are in the workspace: fetch them first (`ssl-pipeline data pull`), or rebuild the "
+                              "dataset from this folder alone with --replace")
+
+
+def _classes_after(plan: Plan, existing_root: Path | None) -> list[str]:
+    """The train classes once this import is added; refuses a label set that cannot train."""
+    if plan.kind != "labeled":
+        return []
+    train = existing_root / "train" if existing_root is not None else None
+    if existing_root is not None and existing_root.is_dir() and any(existing_root.iterdir()) and not train.is_dir():
+        raise DataImportError(f"{existing_root} is not in the importer's layout (train/<class>/...); "
+                              "import with --replace to rebuild it from this folder")
+    held = {p.name for p in train.iterdir() if p.is_dir()} if train is not None and train.is_dir() else set()
+    classes = held | set(plan.classes["train"])
+    if len(classes) < 2:
+        raise DataImportError(f"a labeled dataset needs at least 2 class folders with images; after this import it "
+                              f"would hold {len(classes)} ({', '.join(sorted(classes))})")
+    for split, names in plan.classes.items():
+        extra = sorted(set(names) - classes)
+        if extra:
+            raise DataImportError(f"{split}/ holds classes {', '.join(extra)} that have no training images "
+                                  "(in this folder's train/ or in the dataset)")
+    return sorted(classes)
+
+
+def stage_files(plan: Plan, index: ContentIndex, dest_root: Path, record: ImportRecord,
+                progress: Progress | None = None) -> None:
+    """Copy the plan's new files to dest_root/<place>/<import folder>/<md5>.<ext>; count the rest in `record`."""
+    labeled = plan.kind == "labeled"
+    incoming = dest_root.parent / ".incoming"
+    incoming.mkdir(parents=True, exist_ok=True)
+    digest = ContentDigest()
+    for i, (source, place) in enumerate(plan.files()):
+        rel = source.relative_to(Path(record.source)).as_posix()
+        tmp = incoming / str(i)
+        try:
+            copy_file(source, tmp)
+        except OSError as err:
+            record.skipped.append([rel, f"unreadable ({err.strerror or err})"])
+            tmp.unlink(missing_ok=True)
+            continue
+        md5 = file_md5(tmp)   # of the copy: the name always matches the bytes stored
+        name = md5 + canonical_ext(source.suffix)
+        final = dest_root / place / record.folder / name
+        held = index.find(md5)
+        if held is None and final.exists():   # twice in this source
+            held = place
+        if held is not None:
+            tmp.unlink()
+            if held == place:
+                record.already_present += 1
+            else:
+                record.skipped.append([rel, f"the same image is already in {plan.kind}/{held}"])
+        else:
+            if not inside(Path(os.path.abspath(final)), dest_root.resolve()):
+                raise UnsafePathError(f"{source}: destination {final} escapes the data directory")
+            final.parent.mkdir(parents=True, exist_ok=True)
+            os.rename(tmp, final)
+            index.note(md5, place, labeled)
+            record.files[place] = record.files.get(place, 0) + 1
+            digest.add(f"{place}/{name} {md5}")
+        if progress and (i % 200 == 0 or i == plan.count - 1):
+            progress(i + 1, plan.count)
+    record.added = sum(record.files.values())
+    record.md5 = digest.hexdigest() if record.added else ""
+
+
+def _commit(raw: Path, records: Records, record: ImportRecord, staging: Path, fresh: bool,
+            result: ImportResult) -> None:
+    """Land the staged files: a pending record first, then renames, then the record completed."""
+    kind, labeled = record.dataset, record.dataset == "labeled"
+    if fresh:
+        result.replaced = records.of(kind)
+        if any(r.is_demo for r in result.replaced):
+            result.emptied = [d for d in DATASETS if d != kind and records.demo_only(d)]
+            result.replaced += [r for d in result.emptied for r in records.of(d)]
+        record.replaces = [r.id for r in result.replaced]
+    if record.added == 0 and not fresh:
+        records.add(record)   # nothing new: the attempt is still recorded
+        records.save()
+        return
+    record.state = "pending"
+    records.add(record)
+    records.save()
+    if fresh:
+        (staging / kind).mkdir(parents=True, exist_ok=True)
+        swap_in(staging / kind, raw / kind, replace=True)
+        for other in result.emptied:
+            datasets.empty_dataset(raw, other)
+    else:
+        for folder in import_dirs(staging / kind, labeled, record.folder):
+            dest = raw / kind / folder.relative_to(staging / kind)
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            os.rename(folder, dest)
+    records.drop(result.replaced)
+    record.state = "complete"
+    records.save()

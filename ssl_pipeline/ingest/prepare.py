@@ -94,16 +94,13 @@ def prepare(params: Params, root: Path = Path(".")) -> dict:
     if len(train.labels) == 0:
         raise StageError(f"no usable labeled training images under {dirs['train']} "
                          f"({len(rejected)} files quarantined, see {QUARANTINE_CSV})")
-    if len(decoded["unlabeled"].labels) == 0:
-        # The unlabeled pool defaults to the labeled train images without labels (standard protocol).
-        log.info("prepare: no unlabeled images; pretraining on the labeled train images without labels")
     splits = _carve_splits(decoded, d, params.seed)
+    splits["unlabeled"], pool_counts = pretraining_pool(splits, decoded["unlabeled"], d.pool_includes_labeled)
     _write_outputs(out, splits, decoded, classes, channels, params)
     leaks = img.find_duplicates(splits["train"][2], splits["test"][2])
     _write_reports(root, rejected, decoded, leaks, splits)
     counts = {f"n_{s}": len(splits[s][1]) for s in SPLITS}
-    counts["n_unlabeled_dropped_as_test"] = len(decoded["unlabeled"].labels) - (
-        counts["n_unlabeled"] if len(decoded["unlabeled"].labels) else 0)
+    counts.update(pool_counts)
     counts.update(n_quarantined=len(rejected), n_converted=sum(len(s.notes) for s in decoded.values()),
                   n_train_test_duplicates=len(leaks), n_classes=len(classes), channels=channels)
     if leaks:
@@ -133,15 +130,35 @@ def _carve_splits(decoded: dict[str, img.ImageSet], d, seed: int) -> dict[str, t
         splits["val"] = take(train, all_idx[val_rel])
         all_idx = np.setdiff1d(all_idx, all_idx[val_rel])
     splits["train"] = take(train, all_idx)
-    unl = decoded["unlabeled"]
-    if len(unl.labels):
-        # Pretraining must never see test images, even unlabeled (e.g. a pool copied from a labeled set).
-        test_hashes = set(splits["test"][2])
-        keep = [i for i, h in enumerate(unl.content_hash) if h not in test_hashes]
-        splits["unlabeled"] = take(unl, keep)
-    else:
-        splits["unlabeled"] = (splits["train"][0], np.full(len(all_idx), -1), splits["train"][2], splits["train"][3])
     return splits
+
+
+# ---- the pretraining pool (data.pool_includes_labeled; kept apart from the cache code on purpose)
+def pretraining_pool(splits: dict[str, tuple], unlabeled: img.ImageSet, include_labeled: bool) -> tuple[tuple, dict]:
+    """(images, labels, hashes, paths) to pretrain on, and its counts: the unlabeled images, then, with
+    `include_labeled`, the labeled train and val images without their labels. Never a test image (even
+    one copied into the unlabeled folder), and each content once: an image in both folders is not
+    counted twice, so a pool that already holds the labeled images (the demo's) is left as it is."""
+    test_hashes = set(splits["test"][2])
+    keep = [i for i, h in enumerate(unlabeled.content_hash) if h not in test_hashes]
+    parts = [(unlabeled.images[keep], [unlabeled.content_hash[i] for i in keep], [unlabeled.paths[i] for i in keep])]
+    seen, added = set(parts[0][1]) | test_hashes, 0
+    for split in ("train", "val") if include_labeled else ():
+        images, _, hashes, paths = splits[split]
+        new = []
+        for i, h in enumerate(hashes):
+            if h not in seen:
+                seen.add(h)
+                new.append(i)
+        parts.append((images[new], [hashes[i] for i in new], [paths[i] for i in new]))
+        added += len(new)
+    if not sum(len(p[1]) for p in parts):
+        raise StageError("nothing to pretrain on: no unlabeled images and data.pool_includes_labeled is false; "
+                         "import unlabeled images (`ssl-pipeline data import FOLDER --as unlabeled`) or set it to true")
+    images = np.concatenate([p[0] for p in parts]) if len(parts) > 1 else parts[0][0]
+    hashes, paths = [h for p in parts for h in p[1]], [q for p in parts for q in p[2]]
+    counts = {"n_unlabeled_dropped_as_test": len(unlabeled.labels) - len(keep), "n_unlabeled_from_labeled": added}
+    return (images, np.full(len(hashes), -1), hashes, paths), counts
 
 
 def _write_outputs(out: Path, splits: dict, decoded, classes: list[str], channels: int, params: Params) -> None:

@@ -98,6 +98,7 @@ def export(root: Path = Path("."), out: Path = Path("exported")) -> dict:
     from ssl_core.models import Classifier
     from ssl_core.models.backbones import vit_patch_size
     from ssl_core.models.spec import EncoderSpec, build_encoder
+    from ssl_pipeline.tracking.models import logged_model   # which run logged the weights (MLflow: only here)
 
     root, out = Path(root), Path(out)
     enc_pt, enc_json = root / ENCODER_PT, (root / ENCODER_PT).with_suffix(".json")
@@ -119,7 +120,8 @@ def export(root: Path = Path("."), out: Path = Path("exported")) -> dict:
             "method": spec.get("method"), "patch_size": spec.get("patch_size"),
             "input": f"float32 [B, {c}, {s}, {s}] with values in [0, 1]",
             "state_dict_normalisation": {"mean": MEAN, "std": STD},
-            "encoder_run_id": spec.get("run_id"), "encoder_model_uri": spec.get("model_uri"),
+            "encoder_run_id": (logged_model(root, enc_pt) or {}).get("run_id"),
+            "encoder_model_uri": (logged_model(root, enc_pt) or {}).get("model_uri"),
             "torch_version": torch.__version__.split("+")[0]}
     clf_pt = root / CLASSIFIER_PT
     if clf_pt.exists() and clf_pt.with_suffix(".json").exists():
@@ -128,7 +130,7 @@ def export(root: Path = Path("."), out: Path = Path("exported")) -> dict:
         clf.load_state_dict(torch.load(clf_pt, weights_only=True, map_location="cpu"))
         files += _save_programs(clf, example, out, "classifier")
         info.update(classes=cspec["classes"], classifier_test_accuracy=cspec.get("test_accuracy"),
-                    classifier_run_id=cspec.get("run_id"))
+                    classifier_run_id=(logged_model(root, clf_pt) or {}).get("run_id"))
     info["files"] = files
     (out / "spec.json").write_text(json.dumps(info, indent=2) + "\n")
     (out / "README.txt").write_text(_readme(info, rebuild_snippet(spec)))

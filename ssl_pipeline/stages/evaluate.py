@@ -26,7 +26,7 @@ from ssl_pipeline.recipes import pretrain_recipe
 from ssl_pipeline.reports import plots
 from ssl_pipeline.tracking import runs as tracking
 from ssl_pipeline.tracking.datasets import dataset_infos
-from ssl_pipeline.tracking.models import log_torch_model
+from ssl_pipeline.tracking.models import log_torch_model, record_logged_model
 
 COLUMNS = ["method", "init", "protocol", "label_fraction", "seed", "accuracy"]
 REPORTS = (outputs.TABLE_CSV, outputs.PLOT_PNG, outputs.CONFUSION_PNG, outputs.EMBEDDING_PNG, outputs.VIEWS_PNG,
@@ -96,13 +96,13 @@ def best_classifier(index: pd.DataFrame, spec: EncoderSpec, meta: dict, data: Ev
                                 f"test acc {best.test_accuracy:.3f}")
     model_uri = log_torch_model(model, test.images[:2].float() / 255, name="classifier",
                                 metadata={"classes": meta["classes"]})
-    run_id = tracking.mlflow.active_run().info.run_id
     write_json(root / outputs.CLASSIFIER_JSON, {**spec.to_dict(), "num_classes": meta["num_classes"],
                                                 "classes": meta["classes"], "protocol": best.protocol,
                                                 "label_fraction": float(best.label_fraction),
                                                 "val_accuracy": float(best.val_accuracy),
-                                                "test_accuracy": float(best.test_accuracy),
-                                                "run_id": run_id, "model_uri": model_uri})
+                                                "test_accuracy": float(best.test_accuracy)})
+    # The run id stays out of classifier.json: DVC hashes that file into dvc.lock.
+    record_logged_model(root, root / outputs.CLASSIFIER_PT, tracking.mlflow.active_run().info.run_id, model_uri)
     return best
 
 

@@ -1,7 +1,6 @@
 """pretrain: self-supervised pretraining of the encoder on the unlabeled pool.
 
-Outputs: models/encoder.pt (backbone state_dict), models/encoder.json (architecture + MLflow model
-URI), metrics/pretrain.json, plots/pretrain.csv (per-epoch loss and kNN monitor accuracy).
+Outputs: models/encoder.pt (backbone state_dict), models/encoder.json (architecture), metrics/pretrain.json, plots/pretrain.csv (per-epoch loss and kNN monitor accuracy).
 """
 from __future__ import annotations
 
@@ -24,7 +23,7 @@ from ssl_pipeline.progress import log
 from ssl_pipeline.recipes import checkpoint_fingerprint, pretrain_recipe
 from ssl_pipeline.tracking import runs as tracking
 from ssl_pipeline.tracking.datasets import dataset_infos
-from ssl_pipeline.tracking.models import log_torch_model
+from ssl_pipeline.tracking.models import log_torch_model, record_logged_model
 
 CURVE_COLUMNS = ["epoch", "loss", "knn_accuracy", "feature_rank"]
 
@@ -110,12 +109,15 @@ def write_outputs(root: Path, spec: EncoderSpec, backbone: torch.nn.Module, hist
                   epochs: int) -> dict:
     atomic_torch_save(backbone.state_dict(), root / outputs.ENCODER_PT)
     final = history[-1] if history else {}
+    # Only what the same data, params, code and thread count reproduce: DVC hashes these files into
+    # dvc.lock. The wall-clock time and the run id go to MLflow (and logged_models.json) instead.
     metrics = {"loss": final.get("loss"), "knn_accuracy": final.get("knn_accuracy"),
-               "feature_rank": final.get("feature_rank"), "epochs": epochs,
-               "seconds": sum(h["seconds"] for h in history)}
+               "feature_rank": final.get("feature_rank"), "epochs": epochs}
+    tracking.mlflow.log_metric("pretrain_seconds", sum(h["seconds"] for h in history))
     example = torch.rand(2, spec.in_channels, spec.image_size, spec.image_size)
     model_uri = log_torch_model(backbone, example, name="encoder")
-    write_json(root / outputs.ENCODER_JSON, {**spec.to_dict(), "run_id": run_id, "model_uri": model_uri})
+    write_json(root / outputs.ENCODER_JSON, spec.to_dict())
+    record_logged_model(root, root / outputs.ENCODER_PT, run_id, model_uri)
     write_json(root / outputs.PRETRAIN_METRICS_JSON, metrics)
     curve = [{k: h.get(k) for k in CURVE_COLUMNS} for h in history]
     (root / outputs.CURVE_CSV).parent.mkdir(parents=True, exist_ok=True)

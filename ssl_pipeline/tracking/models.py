@@ -7,9 +7,16 @@ export needs a model without data-dependent Python control flow - true for our e
 """
 from __future__ import annotations
 
+import hashlib
+import json
+from pathlib import Path
+
 import mlflow
 import torch
 from mlflow.models import infer_signature
+
+from ssl_core.fsutil import atomic_write_bytes, exclusive_lock
+from ssl_pipeline.outputs import LOGGED_MODELS_JSON
 
 
 def log_torch_model(model: torch.nn.Module, example: torch.Tensor, name: str, metadata: dict | None = None) -> str:
@@ -24,3 +31,33 @@ def log_torch_model(model: torch.nn.Module, example: torch.Tensor, name: str, me
                                     export_model=True, serialization_format="pt2", metadata=metadata,
                                     pip_requirements=[f"torch=={torch.__version__.split('+')[0]}"])
     return info.model_uri
+
+
+# Which MLflow run logged the model in a stage output. Kept out of the outputs DVC hashes (models/*.json):
+# a run id differs on every run, and dvc.lock must not (a fresh clone's `make run` leaves git clean).
+# Keyed by the sha256 of the weights file, so outputs that DVC restores (run cache, `dvc checkout`) still
+# find the run that logged exactly those weights.
+def _weights_key(weights: Path) -> str:
+    digest = hashlib.sha256()
+    with open(weights, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def record_logged_model(root: Path, weights: Path, run_id: str, model_uri: str) -> None:
+    """Remember that run `run_id` logged `weights` (a stage output) as `model_uri`."""
+    path = Path(root) / LOGGED_MODELS_JSON
+    with exclusive_lock(path.with_name(path.name + ".lock")):
+        known = json.loads(path.read_text()) if path.exists() else {}
+        known[_weights_key(weights)] = {"file": str(Path(weights).relative_to(root)), "run_id": run_id,
+                                        "model_uri": model_uri}
+        atomic_write_bytes((json.dumps(known, indent=1) + "\n").encode(), path)
+
+
+def logged_model(root: Path, weights: Path) -> dict | None:
+    """{"run_id", "model_uri"} of the run that logged these weights in this workspace, or None."""
+    path = Path(root) / LOGGED_MODELS_JSON
+    if not path.exists() or not Path(weights).exists():
+        return None
+    return json.loads(path.read_text()).get(_weights_key(weights))

@@ -14,6 +14,8 @@ from mlflow.exceptions import MlflowException
 from ssl_pipeline import outputs
 from ssl_pipeline.tracking import runs as tracking
 from ssl_pipeline.config.schema import Params
+from ssl_pipeline.errors import StageError
+from ssl_pipeline.tracking.models import logged_model
 from ssl_pipeline.versioning.workspace import dataset_md5s
 
 CHAMPION = "champion"
@@ -37,11 +39,14 @@ def _existing_version(client, name: str, run_id: str):
     return None
 
 
-def register(model_json: Path, name: str, extra_tags: dict[str, str]) -> tuple[object, bool]:
-    """Register the model described by model_json ({run_id, model_uri}); returns (version, created)."""
+def register(root: Path, weights: Path, name: str, extra_tags: dict[str, str]) -> tuple[object, bool]:
+    """Register the MLflow model that logged `weights` (a stage output); returns (version, created)."""
     import mlflow
 
-    info = json.loads(model_json.read_text())
+    info = logged_model(root, weights)
+    if info is None:
+        raise StageError(f"{weights} was not logged to MLflow by a run of this workspace (outputs restored by DVC "
+                         "from elsewhere?): `dvc repro --force` of the stage that writes it logs it again")
     client = tracking.client()
     mv = _existing_version(client, name, info["run_id"])
     if mv is not None:
@@ -63,9 +68,9 @@ def register_pipeline_models(params: Params, root: Path = Path(".")) -> dict:
     tracking.setup(params.tracking.experiment, root)
     tags = {**data_tags(root), "params_digest": params_digest(params), "git_commit": tracking.git_commit(root),
             "method": params.pretrain.method}
-    enc, enc_new = register(root / outputs.ENCODER_JSON, params.tracking.encoder_name, tags)
+    enc, enc_new = register(root, root / outputs.ENCODER_PT, params.tracking.encoder_name, tags)
     clf_info = json.loads((root / outputs.CLASSIFIER_JSON).read_text())
-    clf, clf_new = register(root / outputs.CLASSIFIER_JSON, params.tracking.classifier_name,
+    clf, clf_new = register(root, root / outputs.CLASSIFIER_PT, params.tracking.classifier_name,
                             {**tags, "test_accuracy": f"{clf_info['test_accuracy']:.4f}"})
     client = tracking.client()
     promoted = False

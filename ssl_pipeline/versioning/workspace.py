@@ -21,10 +21,10 @@ from typing import Iterator
 import yaml
 
 from ssl_core.fsutil import LockBusy, exclusive_lock
+from ssl_pipeline.config.schema import RAW_DATASETS as DATASETS
 
 LOCAL_REMOTE = "localremote"
 LOCAL_REMOTE_DIR = ".dvc-remote"
-DATASETS = ("unlabeled", "labeled")  # the folders under data.raw_dir
 # Set in the environment of every DVC child: a nested `dvc()` call (from a stage that
 # `dvc repro` runs) must not wait for the lock its own parent holds.
 _LOCK_HELD_ENV = "SSL_PIPELINE_DVC_LOCK_HELD"
@@ -37,6 +37,10 @@ class DvcError(RuntimeError):
 
 class MissingDataError(FileNotFoundError):
     """A dataset the pipeline needs is not in the workspace; the message says how to get it."""
+
+
+class RemoteUnavailable(MissingDataError, DvcError):
+    """`dvc pull` could not get the data from the remote; the message says how to get it."""
 
 
 def dvc_root(cwd: Path) -> Path:
@@ -207,21 +211,33 @@ def _present(folder: Path) -> bool:
     return folder.is_dir() and any(folder.iterdir())
 
 
-def require_data(root: str | Path, paths: list[str] | tuple[str, ...]) -> None:
-    """Raise MissingDataError naming every missing dataset and the command that brings it."""
+def require_data(root: str | Path, paths: list[str] | tuple[str, ...], may_be_empty: tuple[str, ...] = ()) -> None:
+    """Raise MissingDataError naming every missing dataset and the command that brings it; a path in
+    `may_be_empty` only has to exist (an empty unlabeled dataset, when the labeled images are the pool)."""
     root = Path(root)
     problems = []
     for path in paths:
-        if _present(root / path):
+        if _present(root / path) or (path in may_be_empty and (root / path).is_dir()):
             continue
-        if _dvc_file(root, path).exists():
+        if (root / path).is_dir():
+            problems.append(f"{path} holds no images: add some with `ssl-pipeline data import FOLDER --as "
+                            f"{Path(path).name}` (or write the demo into an empty workspace: `ssl-pipeline data demo`)")
+        elif _dvc_file(root, path).exists():
             problems.append(f"{path} is missing from the workspace but tracked by DVC ({path}.dvc): "
-                            f"run `dvc pull` (or `dvc pull {path}.dvc`) to fetch it from the DVC remote")
+                            "`ssl-pipeline data pull` fetches it from the DVC remote")
         else:
             problems.append(f"{path} is missing and not tracked by DVC: create it with "
-                            "`ssl-pipeline data demo` or `ssl-pipeline data import PATH --as unlabeled|labeled`")
+                            "`ssl-pipeline data demo` or `ssl-pipeline data import FOLDER --as unlabeled|labeled`")
     if problems:
         raise MissingDataError("data missing:\n  " + "\n  ".join(problems))
+
+
+def require_datasets(root: str | Path, data) -> None:
+    """What a pipeline run needs (data: the params' DataParams): labeled images, and the unlabeled dataset,
+    which may be empty when the labeled images are the pool (it must exist: `prepare` depends on it)."""
+    unlabeled = f"{data.raw_dir.rstrip('/')}/unlabeled"
+    require_data(root, [f"{data.raw_dir.rstrip('/')}/labeled", unlabeled],
+                 may_be_empty=(unlabeled,) if data.pool_includes_labeled else ())
 
 
 def push(root: str | Path, remote: str | None = None) -> str:
@@ -229,8 +245,28 @@ def push(root: str | Path, remote: str | None = None) -> str:
 
 
 def pull(root: str | Path, targets: list[str] | None = None, remote: str | None = None) -> str:
-    """`dvc pull` (all .dvc files / stage outputs, or only `targets`, e.g. ["data/raw/labeled.dvc"])."""
-    return dvc("pull", *(["-r", remote] if remote else []), *(targets or []), cwd=root).stdout
+    """`dvc pull` (all .dvc files / stage outputs, or only `targets`, e.g. ["data/raw/labeled.dvc"]).
+    When the remote cannot give the data, RemoteUnavailable says in one sentence how to get it."""
+    try:
+        return dvc("pull", *(["-r", remote] if remote else []), *(targets or []), cwd=root).stdout
+    except DvcError as err:
+        raise RemoteUnavailable(_unreachable(Path(root), remote, err)) from None
+
+
+def _unreachable(root: Path, remote: str | None, err: DvcError) -> str:
+    config = _config(root)
+    name = remote or config.get("core.remote")
+    url = config.get(f"remote.{name}.url", "") if name else ""
+    local = (root / ".dvc" / url).resolve() if url and "://" not in url else None   # absolute urls stay as they are
+    if not name:
+        where = "no DVC remote is configured"
+    elif local is not None and not (local.is_dir() and any(local.iterdir())):
+        where = f"the default DVC remote {name!r} is {local}, a folder of this clone only, and it is empty"
+    else:
+        where = f"the DVC remote {name!r} ({url}) could not give it ({str(err).splitlines()[-1][:160]})"
+    return (f"cannot fetch the data: {where}; point DVC at the remote your team pushed to "
+            "(`dvc remote add -d team s3://bucket/path`) and rerun `ssl-pipeline data pull`, "
+            "or write the demo data with `ssl-pipeline data demo`")
 
 
 def _count_files(folder: Path) -> int:  # non-hidden files, as prepare sees them

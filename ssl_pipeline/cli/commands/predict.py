@@ -29,14 +29,19 @@ def _default_model(params_file: str) -> str:
 
 
 def run_predict(args) -> int:
+    from ssl_pipeline.errors import with_hint
     from ssl_pipeline.serving.predict import load_predictor, predict_files, write_csv
 
+    if not Path(args.target).exists():   # before loading a model: say what is wrong with the input first
+        raise with_hint(FileNotFoundError(f"no such image or folder: {args.target}"),
+                        "give an image file or a folder of images (searched recursively)")
     predictor = load_predictor(args.model or _default_model(args.params))
     print(f"model: {predictor.source} ({predictor.channels}x{predictor.image_size}x{predictor.image_size}, "
           f"{len(predictor.classes)} classes)", file=sys.stderr)
     rows = predict_files(predictor, Path(args.target))
     if not rows:
-        raise FileNotFoundError(f"no image files found in {args.target}")
+        raise with_hint(FileNotFoundError(f"no image files found in {args.target}"),
+                        "predict reads .png, .jpg/.jpeg, .bmp, .tif/.tiff and .webp files")
     good = [r for r in rows if not r["error"]]
     writer = csv.writer(sys.stdout)
     writer.writerow(("path", "class", "confidence"))

@@ -137,12 +137,12 @@ def test_a_stage_with_bad_params_fails_before_any_work(workspace, tmp_path):
 
 
 @pytest.mark.slow
-def test_data_not_pulled_names_the_path_and_dvc_pull(workspace, tmp_path):
+def test_data_not_pulled_names_the_path_and_data_pull(workspace, tmp_path):
     root = tmp_path / "ws"
     shutil.copytree(workspace, root, symlinks=True)
     shutil.rmtree(root / "data/raw/labeled")   # tracked by DVC (labeled.dvc) but not in the workspace
     done = cli(root, "prepare")
-    assert_one_clear_error(done, "data/raw/labeled", "dvc pull")
+    assert_one_clear_error(done, "data/raw/labeled", "ssl-pipeline data pull")
     assert nothing_done(root)
 
 

@@ -100,3 +100,34 @@ def test_prepare_fails_with_one_sentence_when_nothing_usable(tmp_path):
     write_params(tmp_path, {})
     with pytest.raises(Exception, match="no usable labeled training images"):
         prepare(load_params(tmp_path / "params.yaml"), tmp_path)
+
+
+def test_the_pool_is_the_unlabeled_images_plus_the_labeled_ones_each_once_never_test(raw_tree):
+    """data.pool_includes_labeled: the labeled train/val images join the pool without their labels."""
+    raw = raw_tree / "data/raw"
+    shared = sorted((raw / "labeled" / "c1").glob("*.png"))[3]
+    (raw / "unlabeled" / "shared.png").write_bytes(shared.read_bytes())   # in both folders: pretrained on once
+    write_params(raw_tree, {"data.test_fraction": 0.2, "data.val_fraction": 0.1})
+    c = prepare(load_params(raw_tree / "params.yaml"), raw_tree)["counts"]
+    assert c["n_unlabeled"] == 20 + 66 + 6 and c["n_unlabeled_from_labeled"] == 72 - (1 - c["n_unlabeled_dropped_as_test"])
+    manifest = pd.read_csv(raw_tree / "data/prepared/manifest.csv")
+    pool, test = manifest[manifest.split == "unlabeled"], manifest[manifest.split == "test"]
+    assert pool.content_sha1.is_unique and not set(pool.content_sha1) & set(test.content_sha1)
+    assert set(pool.path) >= set(manifest[manifest.split.isin(["train", "val"])].path) - {f"labeled/c1/{shared.name}"}
+    assert (pool["class"].isna() | (pool["class"] == "")).all()
+
+    write_params(raw_tree, {"data.pool_includes_labeled": False})
+    c = prepare(load_params(raw_tree / "params.yaml"), raw_tree)["counts"]
+    assert c["n_unlabeled"] == 21 - c["n_unlabeled_dropped_as_test"] and c["n_unlabeled_from_labeled"] == 0
+
+
+def test_labeled_data_alone_is_the_pool_unless_switched_off(raw_tree):
+    raw = raw_tree / "data/raw"
+    for f in (raw / "unlabeled").iterdir():
+        f.unlink()   # an empty unlabeled dataset, as after a labeled-only import
+    write_params(raw_tree, {"data.test_fraction": 0.2, "data.val_fraction": 0.1})
+    c = prepare(load_params(raw_tree / "params.yaml"), raw_tree)["counts"]
+    assert c["n_unlabeled"] == c["n_train"] + c["n_val"] == 72
+    write_params(raw_tree, {"data.pool_includes_labeled": False})
+    with pytest.raises(Exception, match="nothing to pretrain on.*data.pool_includes_labeled"):
+        prepare(load_params(raw_tree / "params.yaml"), raw_tree)

@@ -14,6 +14,7 @@ from PIL import Image
 
 from ssl_pipeline.cli import main as cli
 from ssl_pipeline.serving.export import rebuild_snippet, torchvision_state_dict
+from ssl_pipeline.tracking.models import record_logged_model
 from ssl_core.models import Classifier
 from ssl_core.models.spec import EncoderSpec, build_encoder as build_from_spec
 
@@ -45,10 +46,12 @@ def write_models(root: Path, spec: dict = SPEC) -> tuple[torch.nn.Module, Classi
     clf = _with_bn_statistics(clf, shape)
     (root / "models").mkdir(parents=True, exist_ok=True)
     torch.save(encoder.state_dict(), root / "models/encoder.pt")
-    (root / "models/encoder.json").write_text(json.dumps({**spec, "run_id": "r1", "model_uri": "models:/m-1"}))
+    (root / "models/encoder.json").write_text(json.dumps(spec))
+    record_logged_model(root, root / "models/encoder.pt", "r1", "models:/m-1")
     torch.save(clf.state_dict(), root / "models/classifier.pt")
     (root / "models/classifier.json").write_text(json.dumps({**spec, "num_classes": 3, "classes": CLASSES,
-                                                             "test_accuracy": 0.5, "run_id": "r2"}))
+                                                             "test_accuracy": 0.5}))
+    record_logged_model(root, root / "models/classifier.pt", "r2", "models:/m-2")
     return encoder, clf
 
 
@@ -148,6 +151,8 @@ def test_export_writes_programs_with_the_same_outputs(tmp_path, capsys, monkeypa
     assert "see exported/README.txt" in capsys.readouterr().out
     info = json.loads((out / "spec.json").read_text())
     assert info["classes"] == CLASSES and info["out_dim"] == encoder.out_dim
+    # which runs logged these weights (kept beside the outputs, out of what DVC hashes)
+    assert (info["encoder_run_id"], info["encoder_model_uri"], info["classifier_run_id"]) == ("r1", "models:/m-1", "r2")
     assert set(info["files"]) == {"encoder_state_dict.pt", "encoder.pt2", "encoder.torchscript.pt",
                                   "classifier.pt2", "classifier.torchscript.pt"}
     assert "net = narrow_resnet(4)" in (out / "README.txt").read_text()

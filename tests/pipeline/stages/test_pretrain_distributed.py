@@ -1,7 +1,6 @@
 """The pretrain stage with pretrain.nproc_per_node = 2: torchrun ranks (gloo, CPU), one MLflow run."""
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pytest
@@ -38,22 +37,23 @@ def test_pretrain_stage_on_two_processes_logs_once_from_rank_zero(tmp_path, mlfl
     from ssl_pipeline import outputs
     from ssl_pipeline.ingest.prepare import prepare
     from ssl_pipeline.stages import pretrain
+    from ssl_pipeline.tracking.models import logged_model
 
     params = _tiny_workspace(tmp_path, **{"pretrain.nproc_per_node": 2, "pretrain.epochs": 2})
     prepare(params, tmp_path)
     metrics = pretrain.run(params, tmp_path)
 
     load_encoder(tmp_path / outputs.ENCODER_JSON, tmp_path / outputs.ENCODER_PT)   # the weights load back
-    spec = json.loads((tmp_path / outputs.ENCODER_JSON).read_text())
+    run_id = logged_model(tmp_path, tmp_path / outputs.ENCODER_PT)["run_id"]   # the run that logged these weights
     client = MlflowClient(mlflow_uri)
     experiment = client.get_experiment_by_name(params.tracking.experiment)
     runs = client.search_runs([experiment.experiment_id])
-    assert [r.info.run_id for r in runs] == [spec["run_id"]]
+    assert [r.info.run_id for r in runs] == [run_id]
     assert runs[0].info.status == "FINISHED"
-    losses = client.get_metric_history(spec["run_id"], "loss")
+    losses = client.get_metric_history(run_id, "loss")
     assert [m.step for m in sorted(losses, key=lambda m: m.step)] == [1, 2]
     assert max(losses, key=lambda m: m.step).value == pytest.approx(metrics["loss"])
-    assert len(client.get_metric_history(spec["run_id"], "knn_accuracy")) == 2
+    assert len(client.get_metric_history(run_id, "knn_accuracy")) == 2
     assert metrics["epochs"] == 2 and 0 <= metrics["knn_accuracy"] <= 1
     assert not (tmp_path / "checkpoints/pretrain/dist").exists()
     assert not (tmp_path / "checkpoints/pretrain/last.pt").exists()

@@ -126,7 +126,7 @@ def test_require_data_names_the_path_and_the_fix(tmp_path):
     msg = str(err.value)
     labeled_line = next(line for line in msg.splitlines() if "data/raw/labeled" in line)
     unlabeled_line = next(line for line in msg.splitlines() if "data/raw/unlabeled" in line)
-    assert "dvc pull" in labeled_line
+    assert "ssl-pipeline data pull" in labeled_line
     assert "ssl-pipeline data demo" in unlabeled_line and "ssl-pipeline data import" in unlabeled_line
     assert "Traceback" not in msg
 
