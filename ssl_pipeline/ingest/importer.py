@@ -15,12 +15,15 @@ whose target resolves outside `src` (e.g. `x.png -> ../../etc/passwd`) is skippe
 the result; a symlinked folder is not descended. Destinations are checked to stay inside the
 staging folder, existing data is never overwritten without replace=True, and the copy lands by
 renaming a finished staging folder, so an interrupted import leaves the old data untouched.
+Each file is opened without following links and copied only if it is still the file that was
+checked (`copy_checked`): swapping a file for a link while the import runs cannot pull in outside data.
 """
 from __future__ import annotations
 
 import os
 import random
 import shutil
+import stat
 import tempfile
 from pathlib import Path
 from typing import Callable, Literal
@@ -147,6 +150,54 @@ def _flat_names(files: list[Path], base: Path) -> list[str]:
     return names
 
 
+class SourceChanged(DataImportError):
+    """A source file was swapped (for a link, or another file) while the import ran."""
+
+
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+_FILE_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC   # NONBLOCK: a FIFO cannot hang us
+
+
+def _open_beneath(root: Path, rel: Path) -> int:
+    """Open root/rel for reading, one component at a time, never following a link (O_NOFOLLOW on
+    every folder and on the file): what is opened lies inside `root`, whatever happens meanwhile."""
+    fd = os.open(root, _DIR_FLAGS)
+    try:
+        for part in rel.parts[:-1]:
+            inner = os.open(part, _DIR_FLAGS, dir_fd=fd)
+            os.close(fd)
+            fd = inner
+        return os.open(rel.parts[-1], _FILE_FLAGS, dir_fd=fd)
+    finally:
+        os.close(fd)
+
+
+def copy_checked(path: Path, dest: Path, src: Path) -> None:
+    """Copy the source file `path` (inside `src`; a link allowed only when it points inside `src`) to
+    a new file `dest`, so that what is copied is what was checked: check the file (lstat, or the
+    link's target), open that same path without following links, and compare the opened descriptor's
+    inode with the checked one. A file swapped for a link or another file in between is refused."""
+    rel_shown = path.relative_to(src)
+    real = path.resolve() if path.is_symlink() else path
+    if not _inside(real, src):
+        raise SourceChanged(f"{rel_shown}: now a link out of the source folder; nothing was imported")
+    try:
+        checked = os.lstat(real)
+        fd = _open_beneath(src, real.relative_to(src))
+    except OSError as err:   # ELOOP: a link appeared on the way; ENOENT: it vanished
+        raise SourceChanged(f"{rel_shown}: changed while being imported ({os.strerror(err.errno)}); "
+                            "nothing was imported, run the import again") from None
+    with os.fdopen(fd, "rb") as source:
+        opened = os.fstat(source.fileno())
+        if not stat.S_ISREG(opened.st_mode):
+            raise DataImportError(f"{rel_shown}: not a regular file")
+        if (opened.st_dev, opened.st_ino) != (checked.st_dev, checked.st_ino):
+            raise SourceChanged(f"{rel_shown}: replaced by another file while being imported; nothing was "
+                                "imported, run the import again")
+        with open(dest, "xb") as target:   # x: a fresh file in our own staging folder
+            shutil.copyfileobj(source, target, 1 << 20)
+
+
 def swap_in(staged: Path, dest: Path, replace: bool) -> None:
     """Move a finished `staged` folder to `dest`; an existing `dest` only goes if replace=True."""
     if dest.exists() or dest.is_symlink():
@@ -224,8 +275,7 @@ def import_folder(src: str | Path, kind: Literal["unlabeled", "labeled"], raw_di
             if not _inside(dest.resolve(), staging.resolve()):
                 raise UnsafePathError(f"{f}: destination {rel} escapes the data directory")
             dest.parent.mkdir(parents=True, exist_ok=True)
-            # copyfile reads through a symlink only after _scan proved its target is inside src.
-            shutil.copyfile(f, dest)
+            copy_checked(f, dest, src)
             if progress and (i % 200 == 0 or i == len(copies) - 1):
                 progress(i + 1, len(copies))
         for t in targets:
