@@ -220,15 +220,31 @@ def auth_credentials(env: dict[str, str] | None = None) -> tuple[str, str]:
     return user, password
 
 
-def _write_auth_config(root: Path, state_dir: Path) -> Path:
-    path = state_dir / "basic_auth.ini"
+def private_file(path: Path, text: str | None = None) -> Path:
+    """Create `path` readable and writable by its owner only (0600), or tighten an existing one;
+    `text` replaces its content. Never follows a link planted at `path`."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    # No password here: MLflow takes it from MLFLOW_AUTH_ADMIN_PASSWORD in the server's env.
-    path.write_text("[mlflow]\n"
-                    "default_permission = READ\n"
-                    f"database_uri = sqlite:///{(root / AUTH_DB).resolve()}\n"
-                    "authorization_function = mlflow.server.auth:authenticate_request_basic_auth\n")
+    flags = os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC | (os.O_TRUNC if text is not None else 0)
+    fd = os.open(path, flags, 0o600)
+    try:
+        os.fchmod(fd, 0o600)   # an existing file keeps its old mode through O_CREAT
+        if text is not None:
+            os.write(fd, text.encode())
+    finally:
+        os.close(fd)
     return path
+
+
+def auth_files(root: Path, state_dir: Path) -> Path:
+    """The auth DB (MLflow's user store: password hashes) and the auth config, both 0600 before the
+    server opens them; SQLite gives its journal files the database's mode. Returns the config path."""
+    db = private_file(root / AUTH_DB)
+    # No password here: MLflow takes it from MLFLOW_AUTH_ADMIN_PASSWORD in the server's env.
+    return private_file(state_dir / "basic_auth.ini",
+                        "[mlflow]\n"
+                        "default_permission = READ\n"
+                        f"database_uri = sqlite:///{db.resolve()}\n"
+                        "authorization_function = mlflow.server.auth:authenticate_request_basic_auth\n")
 
 
 def start_mlflow(root: Path = Path("."), port: int = 0, host: str = HOST, auth: bool = False,
@@ -249,7 +265,7 @@ def start_mlflow(root: Path = Path("."), port: int = 0, host: str = HOST, auth: 
     if auth:
         user, password = auth_credentials(base)
         cmd += ["--app-name", "basic-auth"]
-        child.update(MLFLOW_AUTH_CONFIG_PATH=str(_write_auth_config(root, state_dir)),
+        child.update(MLFLOW_AUTH_CONFIG_PATH=str(auth_files(root, state_dir)),
                      MLFLOW_AUTH_ADMIN_USERNAME=user, MLFLOW_AUTH_ADMIN_PASSWORD=password)
         # CSRF key for the sign-up form: one per server start is enough (all workers share it).
         child.setdefault("MLFLOW_FLASK_SERVER_SECRET_KEY", secrets.token_hex(32))
