@@ -57,7 +57,11 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as err:  # noqa: BLE001 - one clear sentence instead of traceback soup
         if args.debug:
             raise
-        print(f"error: {err}", file=sys.stderr)
+        from ssl_pipeline.errors import ConfigError
+
+        lines = str(err).splitlines() if isinstance(err, ConfigError) else [str(err)]   # one line per bad key
+        for line in lines:
+            print(f"error: {line}", file=sys.stderr)
         print(f"hint: {_hint(err)}", file=sys.stderr)
         return 2
 
