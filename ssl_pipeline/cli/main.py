@@ -56,6 +56,8 @@ def main(argv: list[str] | None = None) -> int:
         raise
     except Exception as err:  # noqa: BLE001 - one clear sentence instead of traceback soup
         if args.debug:
+            for line in getattr(err, "tail", None) or []:   # a failed stage's last output lines
+                print(line, file=sys.stderr)
             raise
         from ssl_pipeline.errors import ConfigError
 
