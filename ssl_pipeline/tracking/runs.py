@@ -6,9 +6,11 @@ them through the environment (SSL_PIPELINE_PARENT_RUN_ID, SSL_PIPELINE_FLOW_RUN_
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import subprocess
+import tempfile
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -19,6 +21,7 @@ import requests
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
+from ssl_core.fsutil import exclusive_lock
 from ssl_pipeline.config.schema import Params
 
 # Loading a logged model must never unpickle code. With this MLflow refuses pickle-format PyTorch
@@ -109,20 +112,36 @@ def setup(experiment: str, root: Path = Path(".")) -> str:
     probe(uri)
     mlflow.set_tracking_uri(uri)
     try:
-        exp = mlflow.get_experiment_by_name(experiment)
-        if exp is None:
-            location = None
-            if not uri.startswith("http"):   # a server chooses its own (served) artifact store
-                location = (Path(root).resolve() / "mlartifacts").as_uri()
-            # "custom_model_development": the UI opens on training runs, not the GenAI views
-            exp_id = mlflow.create_experiment(experiment, artifact_location=location,
-                                              tags={"mlflow.experimentKind": "custom_model_development"})
-        else:
-            exp_id = exp.experiment_id
+        with _store_lock(uri):   # two first runs at once would both create the SQLite tables, the experiment
+            exp_id = _experiment_id(experiment, uri, root)
         mlflow.set_experiment(experiment_id=exp_id)
     except Exception as err:  # noqa: BLE001 - any transport/server error means the same to the user
         raise unavailable(uri, err) from err
     return exp_id
+
+
+def _experiment_id(experiment: str, uri: str, root: Path) -> str:
+    exp = mlflow.get_experiment_by_name(experiment)
+    if exp is not None:
+        return exp.experiment_id
+    location = None
+    if not uri.startswith("http"):   # a server chooses its own (served) artifact store
+        location = (Path(root).resolve() / "mlartifacts").as_uri()
+    # "custom_model_development": the UI opens on training runs, not the GenAI views
+    return mlflow.create_experiment(experiment, artifact_location=location,
+                                    tags={"mlflow.experimentKind": "custom_model_development"})
+
+
+@contextlib.contextmanager
+def _store_lock(uri: str) -> Iterator[None]:
+    """For a local SQLite store, one process at a time creates its tables and experiments (outside
+    the workspace, keyed by the database path); servers serialise their own clients."""
+    if not uri.startswith("sqlite:///"):
+        yield
+        return
+    key = hashlib.sha1(str(Path(uri.removeprefix("sqlite:///")).resolve()).encode()).hexdigest()[:16]
+    with exclusive_lock(Path(tempfile.gettempdir()) / f"ssl-pipeline-mlflow-{key}.lock"):
+        yield
 
 
 def git_commit(root: Path = Path(".")) -> str:
