@@ -20,7 +20,7 @@ from ssl_pipeline.config.schema import Params, load_params
 from ssl_core.data.cache import load_meta
 from ssl_pipeline.versioning.workspace import require_datasets
 from ssl_pipeline.versioning.repro import repro_stage
-from ssl_pipeline.config.overrides import overridden_params
+from ssl_pipeline.versioning.run_workspace import discard, pipeline_run
 
 ARTIFACT_KEY = "method-comparison"
 
@@ -31,8 +31,8 @@ def check_data(params: Params, root: Path) -> None:
 
 
 @task(name="stage-prepare")
-def prepare(root: Path, env: dict[str, str]) -> bool:
-    return repro_stage("prepare", root, env, on_line=get_run_logger().info)
+def prepare(root: Path, env: dict[str, str], options: list[str] | None = None) -> bool:
+    return repro_stage("prepare", root, env, on_line=get_run_logger().info, options=options)
 
 
 @task(name="compare-method")
@@ -62,17 +62,19 @@ def publish_report(params: Params, rows: list[dict], order: list[str], out_dir: 
 @flow(name="compare", log_prints=True)
 def compare(root: str = ".", params_file: str = "params.yaml", overrides: list[str] | None = None,
             out_dir: str = "reports") -> dict:
-    """overrides: `--set` style KEY=VALUE applied to params.yaml for this run (restored afterwards)."""
+    """overrides: `--set` style KEY=VALUE for this comparison only (params.yaml is never written). When
+    they change the data, `prepare` runs in a run workspace whose data the methods train on; the
+    report goes to the workspace's `out_dir`."""
     root_path = Path(root).resolve()
-    path = root_path / params_file
-    params = load_params(path, overrides)   # every params error before any work
+    params = load_params(root_path / params_file, overrides)   # every params error before any work
     logger = get_run_logger()
     retry = {"retries": params.flow.retries, "retry_delay_seconds": params.flow.retry_delay_seconds}
     check_data(params, root_path)
-    with overridden_params(path, overrides or []), \
+    with pipeline_run(root_path, params_file, list(overrides or []), "comparison", finish=discard) as run, \
             comparison.parent_run(params, root_path, overrides, str(flow_run.get_id() or "")) as parent_run_id:
-        prepare.with_options(**retry)(root_path, comparison.child_env())
-        entries = comparison.plan(params, load_meta(root_path / params.data.prepared_dir))
+        prepare.with_options(**retry)(run.dvc_root, comparison.child_env(), run.repro_options("prepare"))
+        work = run.dvc_root   # the prepared data, the checkpoints and finished results of this comparison
+        entries = comparison.plan(params, load_meta(work / params.data.prepared_dir))
         order = [e.method for e in entries] + list(comparison.BASELINES)
         rows: list[dict] = []
         for entry in entries:
@@ -81,16 +83,16 @@ def compare(root: str = ".", params_file: str = "params.yaml", overrides: list[s
                 rows.append(comparison.status_row(entry.method, entry.backbone, entry.skip_reason))
                 continue
             task_ = compare_method.with_options(name=f"compare-{entry.method}", **retry)
-            rows += _rows_or_failure(task_(params, root_path, entry.method, return_state=True),
+            rows += _rows_or_failure(task_(params, work, entry.method, return_state=True),
                                      entry.method, entry.backbone, logger)
             _write_partial(params, rows, order, root_path / out_dir)
         backbones = comparison.baseline_backbones(params, entries)
         for kind in comparison.BASELINES:
             task_ = compare_baseline.with_options(name=f"compare-{kind}", **retry)
-            rows += _rows_or_failure(task_(params, root_path, kind, backbones, return_state=True),
+            rows += _rows_or_failure(task_(params, work, kind, backbones, return_state=True),
                                      kind, ",".join(backbones), logger)
         result = publish_report(params, rows, order, root_path / out_dir, parent_run_id)
-        results.clear_finished(root_path)   # the report holds them now: a rerun measures afresh
+        results.clear_finished(work)   # the report holds them now: a rerun measures afresh
     return {"parent_run_id": parent_run_id, "markdown": result["markdown"], "csv": str(result["csv"]),
             "png": str(result["png"]), "failed": sorted({r["method"] for r in rows if r["status"].startswith("failed")}),
             "skipped": [e.method for e in entries if e.skip_reason]}

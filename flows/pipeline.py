@@ -2,10 +2,12 @@
 
 Thin on purpose: every task calls a stage through DVC (so dvc.lock stays the record of what ran)
 or a function in ssl_core. Retries come from params.yaml (flow.retries); a retried pretrain resumes
-from its last checkpoint.
+from its last checkpoint. One run per workspace at a time; a run with --set overrides runs its
+stages in a run workspace of its own and never writes params.yaml (ssl_pipeline/versioning/run_workspace.py).
 """
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import mlflow
@@ -21,6 +23,7 @@ from ssl_pipeline.versioning.workspace import require_datasets
 from ssl_pipeline.tracking.registry import register_pipeline_models
 from ssl_pipeline.stages import STAGE_NAMES
 from ssl_pipeline.versioning.repro import repro_stage
+from ssl_pipeline.versioning.run_workspace import pipeline_run
 from ssl_pipeline.reports.summary import label_efficiency_markdown
 
 
@@ -30,9 +33,9 @@ def check_data(params: Params, root: Path) -> None:
 
 
 @task(name="stage")
-def run_stage(stage: str, root: Path, env: dict[str, str]) -> bool:
+def run_stage(stage: str, root: Path, env: dict[str, str], options: list[str] | None = None) -> bool:
     logger = get_run_logger()
-    ran = repro_stage(stage, root, env, on_line=logger.info)
+    ran = repro_stage(stage, root, env, on_line=logger.info, options=options)
     logger.info("stage %s: %s", stage, "ran" if ran else "unchanged (skipped by DVC)")
     return ran
 
@@ -52,26 +55,31 @@ def publish_report(root: Path) -> str:
 
 
 @flow(name="ssl-pipeline", log_prints=True)
-def pipeline(root: str = ".", params_file: str = "params.yaml") -> dict:
+def pipeline(root: str = ".", params_file: str = "params.yaml", overrides: list[str] | None = None) -> dict:
+    """overrides: `--set` style KEY=VALUE for this run only (params.yaml is never written)."""
     root_path = Path(root).resolve()
-    params = load_params(root_path / params_file)
+    overrides = list(overrides or [])
+    params = load_params(root_path / params_file, overrides)
     check_data(params, root_path)
     tracking.setup(params.tracking.experiment, root_path)
     flow_run_id = str(flow_run.get_id() or "")
-    with mlflow.start_run(run_name="pipeline", tags={**tracking.run_tags("pipeline", root_path),
-                                                     "prefect_flow_run_id": flow_run_id}) as parent:
-        tracking.log_params(params)
-        env = {tracking.PARENT_ENV: parent.info.run_id, tracking.FLOW_RUN_ENV: flow_run_id,
-               "MLFLOW_TRACKING_URI": tracking.tracking_uri()}
-        ran = {}
-        for stage in STAGE_NAMES:
-            task_ = run_stage.with_options(name=f"stage-{stage}", retries=params.flow.retries,
-                                           retry_delay_seconds=params.flow.retry_delay_seconds)
-            ran[stage] = task_(stage, root_path, env)
-        registered = register_models(params, root_path)
-        markdown = publish_report(root_path)
-        mlflow.set_tags({f"stage.{s}": ("ran" if r else "unchanged") for s, r in ran.items()})
-        mlflow.log_text(markdown, "reports/label_efficiency.md")
+    with pipeline_run(root_path, params_file, overrides) as run:
+        tags = {**tracking.run_tags("pipeline", root_path, overrides), "prefect_flow_run_id": flow_run_id}
+        with mlflow.start_run(run_name="pipeline", tags=tags) as parent:
+            tracking.log_params(params)
+            mlflow.log_text(run.params_text, "params.yaml")   # exactly what the stages read
+            env = {tracking.PARENT_ENV: parent.info.run_id, tracking.FLOW_RUN_ENV: flow_run_id,
+                   tracking.OVERRIDES_ENV: json.dumps(overrides) if overrides else "",
+                   "MLFLOW_TRACKING_URI": tracking.absolute_tracking_uri()}
+            ran = {}
+            for stage in STAGE_NAMES:
+                task_ = run_stage.with_options(name=f"stage-{stage}", retries=params.flow.retries,
+                                               retry_delay_seconds=params.flow.retry_delay_seconds)
+                ran[stage] = task_(stage, run.dvc_root, env, run.repro_options(stage))
+            registered = register_models(params, run.dvc_root)
+            markdown = publish_report(run.dvc_root)
+            mlflow.set_tags({f"stage.{s}": ("ran" if r else "unchanged") for s, r in ran.items()})
+            mlflow.log_text(markdown, "reports/label_efficiency.md")
     return {"stages": ran, "registered": registered, "parent_run_id": parent.info.run_id, "markdown": markdown}
 
 

@@ -22,7 +22,6 @@ from ssl_pipeline.tracking import registry
 from ssl_pipeline.retraining import decision
 from ssl_pipeline.tracking import runs as tracking
 from ssl_pipeline.config.schema import Params, load_params
-from ssl_pipeline.config.overrides import overridden_params
 
 ARTIFACT_KEY = "retrain-decision"
 MIN_SLOT_WAIT_S = 5.0   # the workspace lock is ours by then: a slot still held means another workspace
@@ -86,15 +85,15 @@ def retrain(root: str = ".", params_file: str = "params.yaml", overrides: list[s
             wait: float | None = 0.0) -> dict:
     """Retrain if the data or params changed since the champion was decided; promote by margin.
 
-    overrides: `--set` style KEY=VALUE applied to params.yaml for this run (restored afterwards).
+    overrides: `--set` style KEY=VALUE for this run only (params.yaml is never written; the pipeline
+    runs them in a run workspace and adopts its results before the champion and challenger are scored).
     wait: seconds to wait for a retrain already running on this workspace (0: fail at once, None: forever).
     """
     root_path = Path(root).resolve()
     path = root_path / params_file
     params = load_params(path, overrides)   # every params error before any lock or work
     logger = get_run_logger()
-    with decision.retrain_lock(root_path, wait), prefect_slot(params.retrain.concurrency_tag, wait), \
-            overridden_params(path, overrides or []):
+    with decision.retrain_lock(root_path, wait), prefect_slot(params.retrain.concurrency_tag, wait):
         if overrides:
             os.environ[tracking.OVERRIDES_ENV] = json.dumps(overrides)
         tracking.setup(params.tracking.experiment, root_path)
@@ -107,7 +106,7 @@ def retrain(root: str = ".", params_file: str = "params.yaml", overrides: list[s
                                 champion_version=int(champion.version),
                                 champion_data=decision.training_data(champion.tags))
         else:
-            result = pipeline(root=str(root_path), params_file=params_file)
+            result = pipeline(root=str(root_path), params_file=params_file, overrides=list(overrides or []))
             before = None if champion is None else {"version": int(champion.version), "tags": dict(champion.tags)}
             out = champion_vs_challenger(params, root_path, result["registered"], before, state)
             out.pipeline_run_id = result["parent_run_id"]

@@ -33,6 +33,9 @@ import torch
 import torch.nn.functional as F
 
 
+MAX_FACTOR = 100.0   # upper bound of the strength and range knobs: far past any useful recipe
+
+
 @dataclass(frozen=True)
 class AugmentConfig:
     crop_scale: tuple[float, float] = (0.2, 1.0)   # area fraction of the random resized crop
@@ -51,17 +54,22 @@ class AugmentConfig:
     solarize_threshold: float = 0.5
 
     def __post_init__(self) -> None:
+        """Every knob in its range; messages name augment.<knob> (the schema prefixes the section)."""
+        def check(ok: bool, name: str, requirement: str) -> None:
+            if not ok:
+                raise ValueError(f"augment.{name} must be {requirement}, got {getattr(self, name)!r}")
+
         for name in ("hflip_p", "jitter_p", "gray_p", "blur_p", "solarize_p"):
-            if not 0.0 <= getattr(self, name) <= 1.0:
-                raise ValueError(f"augment.{name} must be a probability in [0, 1], got {getattr(self, name)}")
-        for name in ("crop_scale", "crop_ratio", "blur_sigma"):
-            low, high = getattr(self, name)
-            if not 0 <= low <= high or (name != "blur_sigma" and low <= 0):
-                raise ValueError(f"augment.{name} must be an increasing pair of positive numbers, got {getattr(self, name)}")
-        if self.crop_scale[1] > 1:
-            raise ValueError(f"augment.crop_scale is a fraction of the image area (<= 1), got {self.crop_scale}")
-        if min(self.brightness, self.contrast, self.saturation) < 0 or not 0 <= self.hue <= 0.5:
-            raise ValueError("augment brightness/contrast/saturation must be >= 0 and hue in [0, 0.5]")
+            check(0.0 <= getattr(self, name) <= 1.0, name, "a probability in [0, 1]")
+        check(0.0 <= self.solarize_threshold <= 1.0, "solarize_threshold", "in [0, 1] (a pixel value)")
+        for name, high in (("crop_scale", 1.0), ("crop_ratio", MAX_FACTOR), ("blur_sigma", MAX_FACTOR)):
+            low_v, high_v = getattr(self, name)
+            floor_ok = low_v >= 0 if name == "blur_sigma" else low_v > 0
+            check(floor_ok and low_v <= high_v <= high, name, f"an increasing pair of positive numbers up to {high:g}")
+        for name in ("brightness", "contrast", "saturation"):
+            check(0.0 <= getattr(self, name) <= MAX_FACTOR, name, f"in [0, {MAX_FACTOR:g}]")
+        check(0.0 <= self.hue <= 0.5, "hue", "in [0, 0.5] (a fraction of a full turn)")
+        check(0.0 < self.blur_kernel_frac <= 1.0, "blur_kernel_frac", "in (0, 1] (a fraction of the view side)")
 
     def with_overrides(self, overrides: dict) -> "AugmentConfig":
         fixed = {k: tuple(v) if isinstance(v, list) else v for k, v in overrides.items()}

@@ -16,6 +16,37 @@ def setup_logging(debug: bool = False) -> None:
         log.addHandler(handler)
     log.setLevel(logging.DEBUG if debug else logging.INFO)
     log.propagate = False
+    if not debug:   # "Retrying (Retry(total=1, ...)) after connection broken by ...": the error line says it
+        logging.getLogger("urllib3.connectionpool").setLevel(logging.ERROR)
+
+
+class _WithoutTraceback(logging.Formatter):
+    """Formats a record as `inner` does, leaving out its traceback (other handlers still get it)."""
+
+    def __init__(self, inner: logging.Formatter | None):
+        super().__init__()
+        self.inner = inner or logging.Formatter()
+
+    def format(self, record: logging.LogRecord) -> str:
+        saved = record.exc_info, record.exc_text, record.stack_info
+        record.exc_info = record.exc_text = record.stack_info = None
+        try:
+            return self.inner.format(record)
+        finally:
+            record.exc_info, record.exc_text, record.stack_info = saved
+
+
+def hide_library_tracebacks(prefix: str = "prefect") -> None:
+    """Terminal output of the `prefix` loggers (and of the root logger's console handlers, where
+    Prefect puts its own) without tracebacks: a failed flow ends with the CLI's one `error:` line, not
+    several copies of the stack (`--debug` keeps them; Prefect's API and UI still receive the full
+    logs). Call it after the library configured its logging."""
+    loggers = [logging.getLogger(), logging.getLogger(prefix)]
+    loggers += [logging.getLogger(n) for n in logging.root.manager.loggerDict if n.startswith(prefix + ".")]
+    for logger in loggers:
+        for handler in logger.handlers:
+            if isinstance(handler, logging.StreamHandler) and not isinstance(handler.formatter, _WithoutTraceback):
+                handler.setFormatter(_WithoutTraceback(handler.formatter))
 
 
 class Progress:

@@ -10,20 +10,13 @@ import json
 from pathlib import Path
 
 from ssl_core.evaluation.grid import FinetuneRecipe
-from ssl_core.models.spec import EncoderSpec
 from ssl_core.recipes import PretrainRecipe
+from ssl_pipeline.config.knobs import encoder_spec  # noqa: F401 (the stages import it from here)
 from ssl_pipeline.config.schema import Params
 from ssl_pipeline.versioning.workspace import dataset_md5s
 
 # pretrain knobs that do not change the trained weights: a checkpoint stays valid across them
 _NOT_TRAINING = {"log_every", "checkpoint_every", "knn_k", "knn_every", "device", "cache_on_device"}
-
-
-def encoder_spec(params: Params, meta: dict) -> EncoderSpec:
-    """The encoder params.yaml asks for, on the prepared data's channels and image size."""
-    p = params.pretrain
-    return EncoderSpec(backbone=p.backbone, in_channels=meta["channels"], image_size=meta["image_size"],
-                       small_stem=p.small_stem, stem_stride=p.stem_stride, width=p.width, method=p.method)
 
 
 def pretrain_recipe(params: Params, meta: dict) -> PretrainRecipe:

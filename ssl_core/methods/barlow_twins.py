@@ -25,7 +25,7 @@ import torch
 
 from ssl_core.augment import augment_batch
 from ssl_core.training.distributed import gather_with_grad
-from ssl_core.methods.base import SSLMethod, check_int_knobs, check_knob
+from ssl_core.methods.base import MAX_DIM, SSLMethod, check_floats, check_ints
 from ssl_core.methods.vicreg import off_diagonal
 from ssl_core.models.heads import mlp
 
@@ -63,8 +63,8 @@ class BarlowTwins(SSLMethod):
         projection_dim: int = 128
 
         def __post_init__(self) -> None:
-            check_knob(self.off_diagonal_weight >= 0, "off_diagonal_weight", ">= 0", self.off_diagonal_weight)
-            check_int_knobs(self, ("hidden_dim", "projection_dim"), low=2)
+            check_floats(self, 0, 1000, "off_diagonal_weight")
+            check_ints(self, 2, MAX_DIM, "hidden_dim", "projection_dim")
 
     augment_recipe = {"crop_scale": (0.2, 1.0), "jitter_p": 0.8, "saturation": 0.2, "gray_p": 0.2,
                       "blur_p": 0.0, "solarize_p": 0.1}

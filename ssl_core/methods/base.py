@@ -37,18 +37,37 @@ from ssl_core.training.clock import StepClock
 registry: dict[str, type["SSLMethod"]] = {}
 
 
+MAX_DIM = 8192    # widest hidden or projection layer (Barlow Twins' and VICReg's paper width); d x d weights
+MIN_TEMPERATURE, MAX_TEMPERATURE = 1e-3, 100.0   # softmax temperatures: logits / 1e-300 overflow to NaN
+
+
 def check_knob(ok: bool, knob: str, requirement: str, value: Any) -> None:
     """Params.__post_init__ range checks: a ValueError that names pretrain.method_params.<knob>."""
     if not ok:
         raise ValueError(f"pretrain.method_params.{knob} must be {requirement}, got {value!r}")
 
 
-def check_int_knobs(params: Any, knobs: tuple[str, ...], low: int) -> None:
-    """Each of `knobs` on `params` is an integer >= low (a bool is not an integer here)."""
+def check_temperatures(params: Any, *knobs: str) -> None:
+    """Each of `knobs` a softmax temperature in [MIN_TEMPERATURE, MAX_TEMPERATURE]."""
     for knob in knobs:
         value = getattr(params, knob)
-        check_knob(isinstance(value, int) and not isinstance(value, bool) and value >= low, knob,
-                   f"an integer >= {low}", value)
+        check_knob(MIN_TEMPERATURE <= value <= MAX_TEMPERATURE, knob,
+                   f"a temperature in [{MIN_TEMPERATURE:g}, {MAX_TEMPERATURE:g}]", value)
+
+
+def check_floats(params: Any, low: float, high: float, *knobs: str) -> None:
+    """Each of `knobs` a number in [low, high]."""
+    for knob in knobs:
+        value = getattr(params, knob)
+        check_knob(low <= value <= high, knob, f"in [{low:g}, {high:g}]", value)
+
+
+def check_ints(params: Any, low: int, high: int, *knobs: str) -> None:
+    """Each of `knobs` an integer (not a bool) in [low, high]."""
+    for knob in knobs:
+        value = getattr(params, knob)
+        check_knob(isinstance(value, int) and not isinstance(value, bool) and low <= value <= high,
+                   knob, f"an integer in [{low}, {high}]", value)
 
 
 class SSLMethod(nn.Module):

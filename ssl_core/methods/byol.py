@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 
 from ssl_core.augment import augment_batch
-from ssl_core.methods.base import SSLMethod
+from ssl_core.methods.base import MAX_DIM, SSLMethod, check_ints
 from ssl_core.methods.moco import cosine_momentum, ema_update, frozen_copy
 from ssl_core.models.heads import mlp
 
@@ -46,6 +46,7 @@ class BYOL(SSLMethod):
         def __post_init__(self) -> None:
             if not 0 <= self.base_momentum <= 1:
                 raise ValueError(f"pretrain.method_params.base_momentum must be in [0, 1], got {self.base_momentum}")
+            check_ints(self, 1, MAX_DIM, "projection_dim", "hidden_dim")
 
     augment_recipe = {"crop_scale": (0.5, 1.0), "jitter_p": 0.8, "gray_p": 0.2, "blur_p": 0.0, "solarize_p": 0.1}
 

@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ssl_core.augment import augment_batch
-from ssl_core.methods.base import SSLMethod
+from ssl_core.methods.base import MAX_DIM, SSLMethod, check_ints
 from ssl_core.models.backbones import feature_map
 
 _RGB_TO_XYZ = ((0.4124564, 0.3575761, 0.1804375),
@@ -85,6 +85,7 @@ class Colorization(SSLMethod):
         def __post_init__(self) -> None:
             if not 1 <= self.bin_size <= 2 * AB_RANGE:
                 raise ValueError(f"pretrain.method_params.bin_size must be in [1, 220], got {self.bin_size}")
+            check_ints(self, 1, MAX_DIM, "hidden_dim")
 
     # No grayscale augmentation: it would turn targets into zeros.
     augment_recipe = {"crop_scale": (0.6, 1.0), "jitter_p": 0.0, "gray_p": 0.0}

@@ -32,7 +32,10 @@ import torch
 import torch.nn.functional as F
 
 from ssl_core.training.distributed import mean_across_ranks
-from ssl_core.methods.base import SSLMethod, check_int_knobs, check_knob
+from ssl_core.methods.base import MAX_DIM, SSLMethod, check_floats, check_ints, check_knob, check_temperatures
+
+MAX_PROTOTYPES = 65536   # the paper's out_dim (ImageNet)
+MAX_EPOCHS = 10**6
 from ssl_core.training.clock import StepClock
 from ssl_core.methods.moco import cosine_momentum, ema_update, frozen_copy
 from ssl_core.models.backbones import ViTTrunk
@@ -90,15 +93,18 @@ class DINO(SSLMethod):
 
         def __post_init__(self) -> None:
             self.local_crop_scale = tuple(self.local_crop_scale)
-            check_int_knobs(self, ("out_dim", "hidden_dim", "bottleneck_dim", "head_layers", "local_crop_size"), low=1)
-            check_int_knobs(self, ("freeze_last_layer", "warmup_teacher_temp_epochs", "local_crops",
-                                   "global_crop_size"), low=0)
-            for knob in ("student_temp", "teacher_temp", "warmup_teacher_temp"):
-                check_knob(getattr(self, knob) > 0, knob, "> 0", getattr(self, knob))
+            check_ints(self, 1, MAX_PROTOTYPES, "out_dim")
+            check_ints(self, 1, MAX_DIM, "hidden_dim", "bottleneck_dim")
+            check_ints(self, 1, 16, "head_layers")
+            check_ints(self, 0, 64, "local_crops")
+            check_ints(self, 1, 512, "local_crop_size")
+            check_ints(self, 0, 512, "global_crop_size")
+            check_ints(self, 0, MAX_EPOCHS, "freeze_last_layer", "warmup_teacher_temp_epochs")
+            check_temperatures(self, "student_temp", "teacher_temp", "warmup_teacher_temp")
             for knob in ("center_momentum", "base_momentum"):
                 check_knob(0 <= getattr(self, knob) <= 1, knob, "in [0, 1]", getattr(self, knob))
-            check_knob(self.clip_grad >= 0, "clip_grad", ">= 0 (0 disables clipping)", self.clip_grad)
-            check_knob(self.weight_decay_end_factor >= 0, "weight_decay_end_factor", ">= 0", self.weight_decay_end_factor)
+            check_knob(0 <= self.clip_grad <= 1e6, "clip_grad", "in [0, 1e6] (0 disables clipping)", self.clip_grad)
+            check_floats(self, 0, 1000, "weight_decay_end_factor")
             low, high = self.local_crop_scale if len(self.local_crop_scale) == 2 else (0, -1)
             check_knob(0 < low <= high <= 1, "local_crop_scale", "an increasing pair in (0, 1]", self.local_crop_scale)
 
@@ -124,7 +130,8 @@ class DINO(SSLMethod):
         p = self.params
         if p.local_crops and p.local_crop_size > global_size:
             raise ValueError(f"pretrain.method_params.local_crop_size must be at most the global crop size "
-                             f"({global_size} px), got {p.local_crop_size}")
+                             f"({global_size} px: global_crop_size, or data.image_size when that is 0), "
+                             f"got {p.local_crop_size}")
         trunk = getattr(self.backbone, "trunk", None)
         if isinstance(trunk, ViTTrunk) and min(self.multicrop.sizes()) < trunk.patch_size:
             raise ValueError(f"pretrain.method_params.local_crop_size must be at least the ViT patch size "

@@ -33,11 +33,12 @@ import torch
 import torch.nn.functional as F
 
 from ssl_core.augment import augment_batch
-from ssl_core.methods.base import SSLMethod
+from ssl_core.methods.base import MAX_DIM, SSLMethod, check_ints
 from ssl_core.models.heads import mlp
 
 GRID = 3
 TILES = GRID * GRID
+MAX_PERMUTATIONS = 1000   # the paper's set size; every permutation chosen costs a pass over all 9! of them
 
 
 @functools.lru_cache(maxsize=4)
@@ -122,6 +123,11 @@ class Jigsaw(SSLMethod):
         def __post_init__(self) -> None:
             if self.input not in ("tiles", "image"):
                 raise ValueError(f"pretrain.method_params.input: expected 'tiles' or 'image', got {self.input!r}")
+            check_ints(self, 2, MAX_PERMUTATIONS, "num_permutations")
+            check_ints(self, 0, 2**32 - 1, "permutation_seed")
+            check_ints(self, 0, 64, "tile_gap")
+            check_ints(self, 0, 512, "tile_size")
+            check_ints(self, 1, MAX_DIM, "hidden_dim")
 
     augment_recipe = {"crop_scale": (0.6, 1.0), "jitter_p": 0.0, "gray_p": 0.0}
 

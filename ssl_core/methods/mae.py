@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from ssl_core.augment import augment_batch
-from ssl_core.methods.base import SSLMethod
+from ssl_core.methods.base import SSLMethod, check_ints
 from ssl_core.models.backbones import ViTTrunk
 
 
@@ -78,6 +78,8 @@ class MAE(SSLMethod):
         def __post_init__(self) -> None:
             if not 0 <= self.mask_ratio < 1:
                 raise ValueError(f"pretrain.method_params.mask_ratio must be in [0, 1), got {self.mask_ratio}")
+            check_ints(self, 1, 4096, "decoder_dim")
+            check_ints(self, 1, 64, "decoder_depth", "decoder_heads")
             if self.decoder_dim % self.decoder_heads:
                 raise ValueError("pretrain.method_params.decoder_dim must be a multiple of decoder_heads")
 

@@ -29,8 +29,10 @@ from torch import nn
 
 from ssl_core.augment import augment_batch
 from ssl_core.training.distributed import gather_no_grad, rank
-from ssl_core.methods.base import SSLMethod
+from ssl_core.methods.base import MAX_DIM, SSLMethod, check_ints, check_temperatures
 from ssl_core.models.heads import mlp
+
+MAX_QUEUE = 65536   # the paper's queue (ImageNet); keys held in memory
 
 
 def cosine_momentum(base: float, progress: float) -> float:
@@ -100,8 +102,10 @@ class MoCo(SSLMethod):
                 raise ValueError(f"pretrain.method_params.version: expected 'v2' or 'v3', got {self.version!r}")
             if not 0 <= self.base_momentum <= 1:
                 raise ValueError(f"pretrain.method_params.base_momentum must be in [0, 1], got {self.base_momentum}")
-            if self.queue_size < 1 or self.temperature <= 0:
-                raise ValueError("pretrain.method_params: queue_size must be >= 1 and temperature > 0")
+            check_temperatures(self, "temperature")
+            check_ints(self, 1, MAX_QUEUE, "queue_size")
+            check_ints(self, 1, MAX_DIM, "projection_dim", "hidden_dim")
+            check_ints(self, 1, 64, "bn_splits")
 
     augment_recipe = {"crop_scale": (0.2, 1.0), "jitter_p": 0.8, "gray_p": 0.2, "blur_p": 0.0}
 

@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from ssl_core.augment import augment_batch
-from ssl_core.methods.base import SSLMethod
+from ssl_core.methods.base import MAX_DIM, SSLMethod, check_ints
 from ssl_core.models.heads import mlp
 
 
@@ -41,6 +41,9 @@ class Rotation(SSLMethod):
     class Params:
         all_rotations: bool = True
         hidden_dim: int = 512
+
+        def __post_init__(self) -> None:
+            check_ints(self, 1, MAX_DIM, "hidden_dim")
 
     augment_recipe = {"crop_scale": (0.6, 1.0), "jitter_p": 0.0, "gray_p": 0.0}
 

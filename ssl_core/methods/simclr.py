@@ -11,7 +11,7 @@ import torch.nn.functional as F
 
 from ssl_core.augment import augment_batch
 from ssl_core.training.distributed import gather_with_grad, rank
-from ssl_core.methods.base import SSLMethod
+from ssl_core.methods.base import MAX_DIM, SSLMethod, check_ints, check_temperatures
 from ssl_core.models.heads import mlp
 
 
@@ -44,6 +44,10 @@ class SimCLR(SSLMethod):
         temperature: float = 0.2
         projection_dim: int = 128
         hidden_dim: int = 512
+
+        def __post_init__(self) -> None:
+            check_temperatures(self, "temperature")
+            check_ints(self, 1, MAX_DIM, "projection_dim", "hidden_dim")
 
     augment_recipe = {"crop_scale": (0.2, 1.0), "jitter_p": 0.8, "gray_p": 0.2, "blur_p": 0.0}
 

@@ -27,7 +27,7 @@ import torch.nn.functional as F
 
 from ssl_core.augment import augment_batch
 from ssl_core.training.distributed import gather_with_grad
-from ssl_core.methods.base import SSLMethod, check_int_knobs, check_knob
+from ssl_core.methods.base import MAX_DIM, SSLMethod, check_floats, check_ints, check_knob
 from ssl_core.models.heads import mlp
 
 
@@ -73,11 +73,10 @@ class VICReg(SSLMethod):
         projection_dim: int = 1024
 
         def __post_init__(self) -> None:
-            for knob in ("invariance_coeff", "variance_coeff", "covariance_coeff"):
-                check_knob(getattr(self, knob) >= 0, knob, ">= 0", getattr(self, knob))
-            check_knob(self.variance_eps > 0, "variance_eps", "> 0", self.variance_eps)
-            check_knob(self.std_target > 0, "std_target", "> 0", self.std_target)
-            check_int_knobs(self, ("hidden_dim", "projection_dim"), low=2)
+            check_floats(self, 0, 1e4, "invariance_coeff", "variance_coeff", "covariance_coeff")
+            check_knob(0 < self.variance_eps <= 1, "variance_eps", "in (0, 1]", self.variance_eps)
+            check_knob(0 < self.std_target <= 100, "std_target", "in (0, 100]", self.std_target)
+            check_ints(self, 2, MAX_DIM, "hidden_dim", "projection_dim")
 
     augment_recipe = {"crop_scale": (0.2, 1.0), "jitter_p": 0.8, "saturation": 0.2, "gray_p": 0.2,
                       "blur_p": 0.0, "solarize_p": 0.1}

@@ -28,3 +28,12 @@ def tracking_uri_display() -> str:
     if uri.startswith("sqlite:///"):
         return f"{uri} -> {Path(uri.removeprefix('sqlite:///')).resolve()}"
     return uri
+
+
+def flow_logging(debug: bool) -> None:
+    """Prefect's terminal output without tracebacks unless --debug: a failed flow ends with the CLI's
+    one `error:` line (Prefect's API and UI keep the full logs). Call after importing a flow."""
+    if not debug:
+        from ssl_pipeline.progress import hide_library_tracebacks
+
+        hide_library_tracebacks("prefect")

@@ -56,8 +56,14 @@ def main(argv: list[str] | None = None) -> int:
         raise
     except Exception as err:  # noqa: BLE001 - one clear sentence instead of traceback soup
         if args.debug:
+            for line in getattr(err, "tail", None) or []:   # a failed stage's last output lines
+                print(line, file=sys.stderr)
             raise
-        print(f"error: {err}", file=sys.stderr)
+        from ssl_pipeline.errors import ConfigError
+
+        lines = str(err).splitlines() if isinstance(err, ConfigError) else [str(err)]   # one line per bad key
+        for line in lines:
+            print(f"error: {line}", file=sys.stderr)
         print(f"hint: {_hint(err, args.command)}", file=sys.stderr)
         return 2
 

@@ -160,7 +160,8 @@ def parent_run(params: Params, root: Path, overrides: list[str] | None, flow_run
 def child_env() -> dict[str, str]:
     """The tracking context a stage subprocess (DVC) needs to nest its run under the parent."""
     keys = (tracking.PARENT_ENV, tracking.FLOW_RUN_ENV, tracking.OVERRIDES_ENV)
-    return {"MLFLOW_TRACKING_URI": tracking.tracking_uri(), **{k: os.environ[k] for k in keys if os.environ.get(k)}}
+    return {"MLFLOW_TRACKING_URI": tracking.absolute_tracking_uri(),   # the stage may run in a run workspace
+            **{k: os.environ[k] for k in keys if os.environ.get(k)}}
 
 
 def run_method(params: Params, root: Path, method: str, note: Note = log.info) -> list[dict]:

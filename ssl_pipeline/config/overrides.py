@@ -1,9 +1,8 @@
-"""`--set KEY=VALUE` overrides: parsed as YAML values, applied to the raw params mapping."""
+"""`--set KEY=VALUE` overrides: parsed as YAML values, applied to the raw params mapping (never to
+params.yaml itself: a run with overrides gets its own params file, see versioning/run_workspace.py)."""
 from __future__ import annotations
 
-import contextlib
-from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import yaml
 
@@ -32,17 +31,3 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]
             node = node[part]
         node[parts[-1]] = value
     return raw
-
-
-@contextlib.contextmanager
-def overridden_params(params_file: Path, overrides: list[str]) -> Iterator[None]:
-    if not overrides:
-        yield
-        return
-    original = params_file.read_text()
-    raw = apply_overrides(yaml.safe_load(original), overrides)
-    params_file.write_text(yaml.safe_dump(raw, sort_keys=False))
-    try:
-        yield
-    finally:
-        params_file.write_text(original)

@@ -1,11 +1,14 @@
 """params.yaml schema: every knob of the pipeline, validated before any work starts.
 
-A bad value raises ConfigError with one message naming the dotted key and what is allowed.
+A bad value raises ConfigError with one line per problem, each naming the dotted key and what is
+allowed. Every number has a range, no float may be NaN or infinite, the method's knobs and the
+augmentation recipes are checked by the core's own dataclasses, and the retrain schedule is parsed
+by Prefect's own cron and timezone validation: what passes here runs.
 """
 from __future__ import annotations
 
-import dataclasses
 import json
+import re
 from pathlib import Path
 from typing import Any, Literal
 
@@ -13,6 +16,8 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from ssl_core.models.backbones import BACKBONE_NAMES
+from ssl_pipeline.config.knobs import (ALL_METHODS, MAX_BATCH, MAX_STEPS, compare_backbone,  # noqa: F401
+                                       compare_problems, method_problems)
 from ssl_pipeline.config.overrides import apply_overrides
 from ssl_pipeline.errors import ConfigError
 
@@ -22,8 +27,21 @@ PARAMS_FILE = "params.yaml"
 _OPTIONAL_KEYS = {"method_params", "augment"}
 
 
+MAX_SEED = 2**31 - 1          # fits every generator seeded from it (torch, numpy, derived per-step seeds)
+MAX_LR = 100.0
+MAX_WEIGHT_DECAY = 10.0
+MAX_KNN_K = 1000
+MAX_RETRY_DELAY_S = 86400
+# Names that end up in MLflow/Prefect names and models:/NAME@ALIAS URIs, and folders inside the workspace.
+NAME = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$"
+NAME_RULE = "1-100 letters, digits, '_', '.' or '-', starting with a letter or digit"
+WORKSPACE_PATH = r"^(?!/)(?!.*(^|/)\.\.?(/|$))[A-Za-z0-9_.-]+(/[A-Za-z0-9_.-]+)*$"
+PATH_RULE = "a relative folder inside the workspace (letters, digits, '_', '.', '-' and '/'; no '..')"
+HOST_PORT = r"^$|^[A-Za-z0-9_.-]+:([1-9][0-9]{0,3}|[1-5][0-9]{4}|6[0-4][0-9]{3}|65[0-4][0-9]{2}|655[0-2][0-9]|6553[0-5])$"
+
+
 class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
 
     @model_validator(mode="before")
     @classmethod
@@ -39,16 +57,26 @@ class _Section(BaseModel):
 RAW_DATASETS = ("unlabeled", "labeled")   # the dataset folders under data.raw_dir
 
 
+def _matches(pattern: str, rule: str):
+    """A field validator: the value matches `pattern`, else one sentence saying `rule`."""
+    def check(cls, value: str) -> str:
+        if not re.match(pattern, value):
+            raise ValueError(f"must be {rule}, got {value!r}")
+        return value
+    return classmethod(check)
+
+
 class DataParams(_Section):
     raw_dir: str = "data/raw"
     prepared_dir: str = "data/prepared"
+    _paths_ok = field_validator("raw_dir", "prepared_dir")(_matches(WORKSPACE_PATH, PATH_RULE))
     image_size: int = Field(28, ge=8, le=512)
     channels: Literal["auto", 1, 3] = "auto"
     val_fraction: float = Field(0.1, gt=0, lt=1)
     test_fraction: float = Field(0.2, gt=0, lt=1)
-    label_fractions: list[float] = Field(default_factory=lambda: [0.01, 0.1, 1.0], min_length=1)
+    label_fractions: list[float] = Field(default_factory=lambda: [0.01, 0.1, 1.0], min_length=1, max_length=20)
     small_fraction_seeds: int = Field(3, ge=1, le=20)
-    max_unlabeled: int = Field(0, ge=0)
+    max_unlabeled: int = Field(0, ge=0, le=10**10)
     pool_includes_labeled: bool = True
 
     @field_validator("label_fractions")
@@ -66,28 +94,29 @@ class PretrainParams(_Section):
     small_stem: bool = True
     stem_stride: Literal[1, 2] = 2
     width: int = Field(16, ge=4, le=256)
-    epochs: int = Field(50, ge=1)
-    batch_size: int = Field(32, ge=2)
+    epochs: int = Field(50, ge=1, le=MAX_STEPS)
+    batch_size: int = Field(32, ge=2, le=MAX_BATCH)
     optimizer: Literal["sgd", "adamw", "lars"] = "adamw"
-    lr: float = Field(0.002, gt=0)
-    weight_decay: float = Field(1e-4, ge=0)
-    warmup_epochs: int = Field(2, ge=0)
+    lr: float = Field(0.002, gt=0, le=MAX_LR)
+    weight_decay: float = Field(1e-4, ge=0, le=MAX_WEIGHT_DECAY)
+    warmup_epochs: int = Field(2, ge=0, le=MAX_STEPS)
     method_params: dict[str, Any] = Field(default_factory=dict)
     augment: dict[str, Any] = Field(default_factory=lambda: {"hflip_p": 0.0})   # digits are not mirror-symmetric
-    knn_k: int = Field(20, ge=1)
-    knn_every: int = Field(1, ge=0)  # epochs between kNN monitor runs; 0 = after the last epoch only
+    knn_k: int = Field(20, ge=1, le=MAX_KNN_K)
+    knn_every: int = Field(1, ge=0, le=MAX_STEPS)  # epochs between kNN monitor runs; 0 = after the last epoch only
     device: Literal["auto", "cpu", "cuda"] = "auto"
     precision: Literal["auto", "fp32", "bf16"] = "auto"   # auto: bf16 autocast on CUDA, fp32 on CPU
     channels_last: Literal["auto", "on", "off"] = "auto"  # auto: on for CUDA; "on" is refused on a CPU
     compile: bool = False            # torch.compile the backbone (CUDA only; minutes of compiling first)
     compile_augment: Literal["auto", "on", "off"] = "auto"  # torch.compile the view-making ops; auto: on for CUDA
     cache_on_device: Literal["auto", "on", "off"] = "auto"  # auto: CUDA, when under 1/4 of free GPU memory
-    log_every: int = Field(10, ge=1)
-    checkpoint_every: int = Field(50, ge=0)
+    log_every: int = Field(10, ge=1, le=MAX_STEPS)
+    checkpoint_every: int = Field(50, ge=0, le=MAX_STEPS)
     # Multi-process training through torchrun (ssl_core/launch.py): 1 x 1 trains in the stage's process.
     nproc_per_node: int = Field(1, ge=1, le=64)
-    nnodes: int = Field(1, ge=1)
+    nnodes: int = Field(1, ge=1, le=1024)
     rdzv_endpoint: str = ""          # HOST:PORT of the c10d rendezvous; "" = standalone (one node)
+    _endpoint_ok = field_validator("rdzv_endpoint")(_matches(HOST_PORT, "HOST:PORT (port 1-65535) or \"\""))
     sync_batchnorm: bool = False     # BatchNorm statistics over the global batch (CUDA only)
 
     @model_validator(mode="after")
@@ -98,53 +127,88 @@ class PretrainParams(_Section):
         if self.batch_size % world:
             raise ValueError(f"pretrain.batch_size: {self.batch_size} is the global batch and must divide evenly "
                              f"over nproc_per_node x nnodes = {world} processes")
+        if self.device == "cpu":   # the core refuses them on a CPU (ssl_core.recipes.train_config): say so now
+            if self.compile:
+                raise ValueError("pretrain.compile: true is for CUDA only, but pretrain.device is cpu")
+            if self.channels_last == "on":
+                raise ValueError("pretrain.channels_last: 'on' is for CUDA only, but pretrain.device is cpu")
         return self
 
 
 class FinetuneParams(_Section):
     protocols: list[Literal["linear", "finetune"]] = Field(default_factory=lambda: ["linear", "finetune"], min_length=1)
-    batch_size: int = Field(64, ge=1)
-    linear_epochs: int = Field(100, ge=1)
-    linear_lr: float = Field(0.01, gt=0)
-    finetune_epochs: int = Field(20, ge=1)
-    finetune_lr: float = Field(0.001, gt=0)
-    weight_decay: float = Field(1e-4, ge=0)
-    min_steps: int = Field(300, ge=0)
+    batch_size: int = Field(64, ge=2, le=MAX_BATCH)   # BatchNorm needs 2 samples; smaller batches are skipped
+    linear_epochs: int = Field(100, ge=1, le=MAX_STEPS)
+    linear_lr: float = Field(0.01, gt=0, le=MAX_LR)
+    finetune_epochs: int = Field(20, ge=1, le=MAX_STEPS)
+    finetune_lr: float = Field(0.001, gt=0, le=MAX_LR)
+    weight_decay: float = Field(1e-4, ge=0, le=MAX_WEIGHT_DECAY)
+    min_steps: int = Field(300, ge=0, le=MAX_STEPS)
     head_init: Literal["probe", "random"] = "random"   # fine-tuning's head: a linear probe's (LP-FT) or random
     augment: dict[str, Any] = Field(default_factory=lambda: {"crop_scale": [0.7, 1.0], "hflip_p": 0.0, "jitter_p": 0.0,
                                                              "gray_p": 0.0})
 
 
 class EvaluateParams(_Section):
-    knn_k: int = Field(20, ge=1)
+    knn_k: int = Field(20, ge=1, le=MAX_KNN_K)
 
 
 class TrackingParams(_Section):
-    experiment: str = Field("ssl-pipeline", min_length=1)
-    classifier_name: str = Field("ssl-classifier", min_length=1)
-    encoder_name: str = Field("ssl-encoder", min_length=1)
+    experiment: str = "ssl-pipeline"
+    classifier_name: str = "ssl-classifier"
+    encoder_name: str = "ssl-encoder"
+    _names_ok = field_validator("experiment", "classifier_name", "encoder_name")(_matches(NAME, NAME_RULE))
 
 
 class FlowParams(_Section):
     retries: int = Field(2, ge=0, le=10)
-    retry_delay_seconds: list[int] = Field(default_factory=lambda: [10, 60], min_length=1)
+    retry_delay_seconds: list[int] = Field(default_factory=lambda: [10, 60], min_length=1, max_length=10)
+
+    @field_validator("retry_delay_seconds")
+    @classmethod
+    def _delays_in_range(cls, value: list[int]) -> list[int]:
+        for delay in value:
+            if not 0 <= delay <= MAX_RETRY_DELAY_S:
+                raise ValueError(f"every delay must be between 0 and {MAX_RETRY_DELAY_S} seconds, got {delay}")
+        return value
 
 
 class RetrainParams(_Section):
     margin: float = Field(0.005, ge=-1, le=1)   # challenger must beat the champion by this much (<0: may be worse)
-    cron: str = Field("0 3 * * *", min_length=9)  # `ssl-pipeline serve` schedule (nightly)
+    cron: str = Field("0 3 * * *", min_length=1)  # `ssl-pipeline serve` schedule (nightly)
     timezone: str = "UTC"
-    deployment_name: str = Field("nightly-retrain", min_length=1)
-    concurrency_tag: str = Field("ssl-retrain", min_length=1)
+    deployment_name: str = "nightly-retrain"
+    concurrency_tag: str = "ssl-retrain"
+    _names_ok = field_validator("deployment_name", "concurrency_tag")(_matches(NAME, NAME_RULE))
+
+    @field_validator("cron")
+    @classmethod
+    def _cron_parses(cls, value: str) -> str:
+        from prefect.client.schemas.schedules import CronSchedule   # what the served deployment runs on
+
+        try:
+            CronSchedule(cron=value)
+            return value
+        except ValueError:   # pydantic's ValidationError is a ValueError
+            raise ValueError(f"not a cron schedule Prefect accepts: {value!r} (five fields, minute hour day "
+                             "month weekday, e.g. \"0 3 * * *\" for 03:00 every day)") from None
+
+    @field_validator("timezone")
+    @classmethod
+    def _timezone_exists(cls, value: str) -> str:
+        from zoneinfo import available_timezones
+
+        if value not in available_timezones() or "localtime" in value:
+            raise ValueError(f"unknown timezone {value!r}; use an IANA name such as UTC or Europe/Paris")
+        return value
 
 
-ALL_METHODS = "all"
 
 
 class CompareParams(_Section):
     """`ssl-pipeline compare` (flows/compare.py): several methods on the same data and budget."""
     methods: Literal["all"] | list[str] = ALL_METHODS   # "all": every registered method
-    epochs: int = Field(0, ge=0)                                # pretraining epochs per method; 0 = pretrain.epochs
+    epochs: int = Field(0, ge=0, le=MAX_STEPS)                  # pretraining epochs per method; 0 = pretrain.epochs
     method_epochs: dict[str, int] = Field(default_factory=lambda: {"mae": 100, "byol": 150})  # when epochs is 0
     method_batch_size: dict[str, int] = Field(default_factory=lambda: {"mae": 256, "moco": 64, "byol": 64})
     backbones: dict[str, str] = Field(default_factory=dict)     # per-method backbone; see compare_backbone()
@@ -165,7 +229,7 @@ class CompareParams(_Section):
 
 
 class Params(_Section):
-    seed: int = Field(0, ge=0)
+    seed: int = Field(0, ge=0, le=MAX_SEED)
     data: DataParams = Field(default_factory=DataParams)
     pretrain: PretrainParams = Field(default_factory=PretrainParams)
     finetune: FinetuneParams = Field(default_factory=FinetuneParams)
@@ -177,8 +241,14 @@ class Params(_Section):
 
     @model_validator(mode="after")
     def _method_knobs_are_known(self) -> "Params":
-        _check_method(self)
-        _check_compare(self)
+        problems: list[str] = []
+        for check in (method_problems, compare_problems):
+            try:
+                problems += check(self)
+            except ValueError as err:
+                problems.append(str(err))
+        if problems:
+            raise ValueError("\n".join(problems))   # one line per problem, each naming its key
         return self
 
     def flat(self) -> dict[str, Any]:
@@ -196,101 +266,6 @@ class Params(_Section):
         return out
 
 
-def _check_method(params: Params) -> None:
-    # Imported here: the registry lives in the torch-only core.
-    from ssl_core.augment import AugmentConfig
-    from ssl_core.methods import get_method_class, method_names
-
-    p = params.pretrain
-    try:
-        cls = get_method_class(p.method)
-    except KeyError:
-        raise ValueError(f"pretrain.method: unknown method {p.method!r}; allowed: {', '.join(method_names())}")
-    _check_dataclass_overrides("pretrain.method_params", cls.Params, p.method_params)
-    try:   # the method's own range checks (e.g. mask_ratio < 1) run now, not after prepare
-        cls.Params(**p.method_params)
-    except (TypeError, ValueError) as err:
-        raise ValueError(f"pretrain.method_params: {err}")
-    _check_dataclass_overrides("pretrain.augment", AugmentConfig, p.augment)
-    _check_dataclass_overrides("finetune.augment", AugmentConfig, params.finetune.augment)
-    _check_family("pretrain.backbone", p.method, cls, p.backbone)
-    if getattr(cls, "requires_color", False) and params.data.channels == 1:
-        raise ValueError(f"pretrain.method: {p.method!r} needs colour images but data.channels is 1")
-
-
-def _check_family(key: str, method: str, cls: type, backbone: str) -> None:
-    family = getattr(cls, "backbone_family", None)
-    if family == "vit" and not backbone.startswith("vit"):
-        raise ValueError(f"{key}: method {method!r} needs a ViT backbone (vit_tiny), got {backbone!r}")
-    if family == "resnet" and backbone.startswith("vit"):
-        raise ValueError(f"{key}: method {method!r} needs a ResNet backbone, got {backbone!r}")
-
-
-def compare_backbone(params: "Params", method: str) -> str:
-    """The backbone `method` pretrains in the comparison: compare.backbones[method] when set, else
-    vit_tiny for ViT-only methods (mae) and pretrain.backbone for every other method."""
-    from ssl_core.methods import get_method_class
-
-    if method in params.compare.backbones:
-        return params.compare.backbones[method]
-    return "vit_tiny" if get_method_class(method).backbone_family == "vit" else params.pretrain.backbone
-
-
-def _check_compare(params: "Params") -> None:
-    from typing import get_args
-
-    from ssl_core.methods import get_method_class, method_names
-
-    c = params.compare
-    for key, names in (("compare.methods", c.method_list()), ("compare.backbones", list(c.backbones)),
-                       ("compare.method_params", list(c.method_params)), ("compare.method_epochs", list(c.method_epochs)),
-                       ("compare.method_batch_size", list(c.method_batch_size))):
-        for name in names:
-            if name not in method_names():
-                raise ValueError(f"{key}: unknown method {name!r}; allowed: {', '.join(method_names())} "
-                                 "(the random and scratch baselines are always included)")
-    for key, counts in (("method_epochs", c.method_epochs), ("method_batch_size", c.method_batch_size)):
-        for name, n in counts.items():
-            if n < 1:
-                raise ValueError(f"compare.{key}.{name}: must be >= 1, got {n}")
-    listed = c.method_list()
-    twice = sorted({m for m in listed if listed.count(m) > 1})
-    if twice:
-        raise ValueError(f"compare.methods: {', '.join(twice)} listed more than once")
-    allowed_backbones = get_args(PretrainParams.model_fields["backbone"].annotation)
-    for name in listed:
-        backbone = compare_backbone(params, name)
-        if backbone not in allowed_backbones:
-            raise ValueError(f"compare.backbones.{name}: unknown backbone {backbone!r}; "
-                             f"allowed: {', '.join(allowed_backbones)}")
-        _check_family(f"compare.backbones.{name}", name, get_method_class(name), backbone)
-    for name, knobs in c.method_params.items():
-        cls = get_method_class(name)
-        _check_dataclass_overrides(f"compare.method_params.{name}", cls.Params, knobs)
-        try:
-            cls.Params(**knobs)
-        except (TypeError, ValueError) as err:
-            raise ValueError(f"compare.method_params.{name}: {err}")
-
-
-def _check_dataclass_overrides(key: str, dc: type, overrides: dict[str, Any]) -> None:
-    fields = {f.name: f for f in dataclasses.fields(dc)}
-    for name, value in overrides.items():
-        if name not in fields:
-            raise ValueError(f"{key}.{name}: unknown key; allowed: {', '.join(sorted(fields))}")
-        default = getattr(dc(), name)
-        if isinstance(default, bool):
-            ok = isinstance(value, bool)
-        elif isinstance(default, (int, float)):
-            ok = isinstance(value, (int, float)) and not isinstance(value, bool)
-        elif isinstance(default, (tuple, list)):
-            ok = isinstance(value, (list, tuple)) and len(value) == len(default)
-        else:
-            ok = isinstance(value, type(default))
-        if not ok:
-            raise ValueError(f"{key}.{name}: expected a value like {default!r}, got {value!r}")
-
-
 def _section_keys(loc: tuple) -> list[str]:
     """The keys of the params section at `loc` (e.g. ("pretrain",) -> epochs, lr, ...)."""
     model: type[BaseModel] = Params
@@ -303,20 +278,22 @@ def _section_keys(loc: tuple) -> list[str]:
 
 
 def _format_error(err: ValidationError) -> str:
-    first = err.errors()[0]
-    key = ".".join(str(p) for p in first["loc"])
-    msg = first["msg"]
-    if first["type"] == "missing":
-        msg = "missing required key"
-    elif first["type"] == "extra_forbidden":
-        msg = f"unknown key (typo?); allowed: {', '.join(_section_keys(first['loc'][:-1]))}"
-    elif "literal" in first["type"]:
-        msg = f"{msg} (got {first.get('input')!r})"
-    msg = msg.removeprefix("Value error, ")
-    text = f"{key}: {msg}" if key and not msg.startswith(key) else msg
-    if len(err.errors()) > 1:
-        text += f" (and {len(err.errors()) - 1} more problem(s))"
-    return f"params.yaml: {text}"
+    """One line per problem: `params.yaml: <dotted key>: <what is wrong and what is allowed>`."""
+    lines = []
+    for problem in err.errors():
+        key = ".".join(str(p) for p in problem["loc"])
+        msg = problem["msg"]
+        if problem["type"] == "missing":
+            msg = "missing required key"
+        elif problem["type"] == "extra_forbidden":
+            msg = f"unknown key (typo?); allowed: {', '.join(_section_keys(problem['loc'][:-1]))}"
+        elif "literal" in problem["type"]:
+            msg = f"{msg} (got {problem.get('input')!r})"
+        elif problem["type"] == "finite_number":
+            msg = f"must be a finite number, got {problem.get('input')!r}"
+        for line in msg.removeprefix("Value error, ").splitlines():   # a model check may list several
+            lines.append(f"params.yaml: {key}: {line}" if key and not line.startswith(key) else f"params.yaml: {line}")
+    return "\n".join(lines)
 
 
 def validate(raw: dict[str, Any]) -> Params:

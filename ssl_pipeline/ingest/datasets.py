@@ -12,9 +12,10 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from ssl_pipeline.ingest.demo import Progress, holds_demo, write_demo
 from ssl_pipeline.ingest.records import DEMO_SOURCE, LOOSE_SOURCE, ImportRecord, Records, now
 from ssl_pipeline.config.schema import RAW_DATASETS as DATASETS
-from ssl_pipeline.ingest.store import (DataImportError, dataset_files, import_dirs, import_summary,
+from ssl_pipeline.ingest.store import (DataExistsError, DataImportError, dataset_files, import_dirs, import_summary,
                                        prune_empty, remove_folder, swap_in)
 
 
@@ -50,8 +51,6 @@ def recover(raw: Path) -> list[str]:
 def register_loose(raw: Path, records: Records, save: bool = True) -> list[ImportRecord]:
     """Give data present without any record one: the demo's digits (checked byte for byte), or
     LOOSE_SOURCE for files placed by hand or imported before imports were recorded."""
-    from ssl_pipeline.ingest.demo import holds_demo   # the demo's bytes are only built when needed
-
     added = []
     for dataset in DATASETS:
         root = Path(raw) / dataset
@@ -142,3 +141,29 @@ def import_status(raw: Path, records: Records) -> dict[str, list[dict]]:
             "skipped": len(record.skipped), "recorded_md5": record.md5, "state": record.state,
             "intact": record.state == "complete" and files_now == record.added and md5_now == record.md5})
     return out
+
+
+def install_demo(raw_dir: str | Path, seed: int = 0, progress: Progress | None = None, replace: bool = False,
+                 if_empty: bool = False) -> dict:
+    """`ssl-pipeline data demo`: write (or restore) the demo and record it. Where a dataset holds
+    imported data, refuse (DataExistsError), or with if_empty=True leave everything as it is and say why
+    in "kept", or with replace=True write the demo over it and list the imports removed in "removed"."""
+    raw = Path(raw_dir)
+    raw.mkdir(parents=True, exist_ok=True)
+    recover(raw)
+    records = Records(raw)
+    register_loose(raw, records, save=False)
+    imported = records.real_imports()
+    if imported and not replace:
+        listing = "; ".join(f"{r.describe()}: {r.added} files" for r in imported)
+        if if_empty:
+            return {"written": [], "kept": listing}
+        raise DataExistsError(f"{raw} holds imported data ({listing}); `ssl-pipeline data demo --replace` "
+                              "replaces it with the demo")
+    counts = write_demo(raw, seed, progress, replace=True)
+    if not all(records.demo_only(d) for d in DATASETS):   # a demo already recorded keeps its record (and git clean)
+        records.drop(records.entries)
+        for dataset in DATASETS:
+            loose_record(raw, records, dataset, DEMO_SOURCE)
+        records.save()
+    return {**counts, "removed": imported}

@@ -9,8 +9,8 @@ Semi-supervised protocol: a fixed, seeded, class-balanced 4,000/1,000 split (400
 Same bytes every time (a minimal hand-written PNG, no metadata), so `dvc add` pins a stable md5. A second
 call that finds exactly these files does nothing.
 
-`install_demo` is what `ssl-pipeline data demo` runs: it writes the demo only where no dataset holds
-imported data (or, with replace=True, over it, listing what goes), and records it (records.py).
+`datasets.install_demo` is what `ssl-pipeline data demo` runs: it writes the demo only where no dataset
+holds imported data (or, with replace=True, over it, listing what goes), and records it (records.py).
 """
 from __future__ import annotations
 
@@ -25,7 +25,6 @@ from typing import Callable
 
 import numpy as np
 
-from ssl_pipeline.ingest.records import DEMO_SOURCE, Records
 from ssl_pipeline.config.schema import RAW_DATASETS as DATASETS
 from ssl_pipeline.ingest.store import DataExistsError, swap_in
 
@@ -155,31 +154,3 @@ def write_demo(raw_dir: str | Path, seed: int = 0, progress: Progress | None = N
         "classes": 10,
         "written": todo,
     }
-
-
-def install_demo(raw_dir: str | Path, seed: int = 0, progress: Progress | None = None, replace: bool = False,
-                 if_empty: bool = False) -> dict:
-    """`ssl-pipeline data demo`: write (or restore) the demo and record it. Where a dataset holds
-    imported data, refuse (DataExistsError), or with if_empty=True leave everything as it is and say why
-    in "kept", or with replace=True write the demo over it and list the imports removed in "removed"."""
-    from ssl_pipeline.ingest.datasets import loose_record, recover, register_loose
-
-    raw = Path(raw_dir)
-    raw.mkdir(parents=True, exist_ok=True)
-    recover(raw)
-    records = Records(raw)
-    register_loose(raw, records, save=False)
-    imported = records.real_imports()
-    if imported and not replace:
-        listing = "; ".join(f"{r.describe()}: {r.added} files" for r in imported)
-        if if_empty:
-            return {"written": [], "kept": listing}
-        raise DataExistsError(f"{raw} holds imported data ({listing}); `ssl-pipeline data demo --replace` "
-                              "replaces it with the demo")
-    counts = write_demo(raw, seed, progress, replace=True)
-    if not all(records.demo_only(d) for d in DATASETS):   # a demo already recorded keeps its record (and git clean)
-        records.drop(records.entries)
-        for dataset in DATASETS:
-            loose_record(raw, records, dataset, DEMO_SOURCE)
-        records.save()
-    return {**counts, "removed": imported}

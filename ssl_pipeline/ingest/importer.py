@@ -14,7 +14,8 @@
   labels) when `data.pool_includes_labeled` is true.
 
 Safety: which files are read is decided in sources.py (nothing outside the source, no fifos or devices);
-the copy itself is `copy_file`. Destinations are checked to stay inside the staging folder; an interrupted
+the copy itself is `safecopy.copy_checked` (what is copied is the file that was checked, even if the folder
+changes meanwhile). Destinations are checked to stay inside the staging folder; an interrupted
 import leaves the dataset as it was (a pending record is rolled back by the next data command, datasets.py).
 """
 from __future__ import annotations
@@ -28,13 +29,14 @@ from typing import Callable, Literal
 
 from ssl_pipeline.ingest import datasets
 from ssl_pipeline.ingest.records import ImportRecord, Records, folder_name, now
+from ssl_pipeline.ingest.safecopy import SourceChanged, copy_checked
 from ssl_pipeline.ingest.sources import Plan, plan_import
 from ssl_pipeline.config.schema import RAW_DATASETS as DATASETS
 from ssl_pipeline.ingest.store import (ContentDigest, ContentIndex, DataExistsError, DataImportError,
                                        UnsafePathError, canonical_ext, dataset_files, file_md5, import_dirs, inside,
                                        swap_in)
 
-__all__ = ["DataExistsError", "DataImportError", "UnsafePathError", "ImportResult", "copy_file", "import_folder",
+__all__ = ["DataExistsError", "DataImportError", "UnsafePathError", "ImportResult", "SourceChanged", "import_folder",
            "swap_in"]
 
 Progress = Callable[[int, int], None]  # progress(done, total)
@@ -48,11 +50,6 @@ class ImportResult:
     test_split: str = ""                                     # labeled: "given" | "carve in prepare"
     replaced: list[ImportRecord] = field(default_factory=list)   # imports this one removed
     emptied: list[str] = field(default_factory=list)         # other datasets emptied (the demo's other half)
-
-
-def copy_file(src: Path, dest: Path) -> None:
-    """The one place a user's file is read: copy `src` (checked by sources.py) to `dest`."""
-    shutil.copyfile(src, dest)
 
 
 def import_folder(src: str | Path, kind: Literal["unlabeled", "labeled"], raw_dir: str | Path,
@@ -137,11 +134,12 @@ def stage_files(plan: Plan, index: ContentIndex, dest_root: Path, record: Import
     incoming = dest_root.parent / ".incoming"
     incoming.mkdir(parents=True, exist_ok=True)
     digest = ContentDigest()
+    src_root = Path(record.source)
     for i, (source, place) in enumerate(plan.files()):
-        rel = source.relative_to(Path(record.source)).as_posix()
+        rel = source.relative_to(src_root).as_posix()
         tmp = incoming / str(i)
         try:
-            copy_file(source, tmp)
+            copy_checked(source, tmp, src_root)
         except OSError as err:
             record.skipped.append([rel, f"unreadable ({err.strerror or err})"])
             tmp.unlink(missing_ok=True)

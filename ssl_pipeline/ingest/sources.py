@@ -39,22 +39,27 @@ class Plan:
     classes: dict[str, list[str]] = field(default_factory=dict)   # split -> classes with images
 
     def files(self) -> Iterator[tuple[Path, str]]:
-        reader = _Reader(self.src, quiet=True)
+        """The second listing. A file that changed since the first (e.g. became a link out of `src`) is
+        skipped here too and added to `skipped`: no file is left out without a reason."""
+        reader = _Reader(self.src, recorded=self.skipped)
         for folder, place in self.folders:
             for path in reader.images_under(folder):
                 yield path, place
 
 
 class _Reader:
-    def __init__(self, src: Path, quiet: bool = False):
-        self.src, self.quiet = src, quiet   # quiet: a second listing, whose skips are already recorded
-        self.skipped: list[list[str]] = []
+    def __init__(self, src: Path, recorded: list[list[str]] | None = None):
+        """recorded: the skips of an earlier listing of `src`; new skips are appended to it, paths it
+        already lists are not listed twice."""
+        self.src = src
+        self.skipped: list[list[str]] = [] if recorded is None else recorded
+        self._paths = {path for path, _ in self.skipped}
 
     def skip(self, path: Path | str, reason: str) -> None:
-        if self.quiet:
-            return
-        rel = os.path.relpath(path, self.src)
-        self.skipped.append([Path(rel).as_posix(), reason])
+        rel = Path(os.path.relpath(path, self.src)).as_posix()
+        if rel not in self._paths:
+            self._paths.add(rel)
+            self.skipped.append([rel, reason])
 
     def folder_problem(self, path: Path) -> str | None:
         if path.name.startswith("."):

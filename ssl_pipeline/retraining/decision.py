@@ -144,13 +144,13 @@ def training_data(tags: dict[str, str]) -> dict[str, str]:
 
 def score(model_uri: str, root: Path, prepared_dir: str, batch: int = 512) -> float:
     """Test accuracy of a registered model on the workspace's current test split."""
-    import mlflow
     import torch
 
     from ssl_core.data.cache import load_split
+    from ssl_pipeline.tracking.model_loading import load_project_model
 
     test = load_split(Path(root) / prepared_dir, "test")
-    model = mlflow.pytorch.load_model(model_uri)
+    model, _ = load_project_model(model_uri)
     with torch.no_grad():
         pred = torch.cat([model(test.images[i:i + batch].float() / 255).argmax(1) for i in range(0, len(test), batch)])
     return float((pred == test.labels).float().mean())

@@ -82,11 +82,11 @@ def _load_mlflow(uri: str, root: Path) -> Predictor:
     from mlflow.exceptions import MlflowException
 
     from ssl_pipeline.tracking import runs as tracking
+    from ssl_pipeline.tracking.model_loading import load_project_model
 
     mlflow.set_tracking_uri(tracking.tracking_uri())
     try:
-        info = mlflow.models.get_model_info(uri)
-        model = mlflow.pytorch.load_model(uri, map_location="cpu")
+        model, info = load_project_model(uri)
     except (MlflowException, OSError) as err:
         raise FileNotFoundError(f"cannot load the model {uri} from {tracking.tracking_uri()}: "
                                 f"{str(err).splitlines()[0][:200]}") from None

@@ -27,6 +27,7 @@ When a team outgrows SQLite, point both servers at Postgres:
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import secrets
 import signal
@@ -37,6 +38,7 @@ import time
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Iterator
 
 HOST = "127.0.0.1"
 STATE_DIR = Path(".ssl-pipeline")        # logs and the auth config (no secrets), git-ignored
@@ -58,6 +60,7 @@ class Server:
     proc: subprocess.Popen
     log_path: Path
     _log_file: object = field(default=None, repr=False)
+    workdir: Path | None = None   # removed when the server stops (a model server's checked model copy)
 
     @property
     def pid(self) -> int:
@@ -115,6 +118,10 @@ class Server:
         if self._log_file is not None:
             self._log_file.close()
             self._log_file = None
+        if self.workdir is not None:
+            import shutil
+
+            shutil.rmtree(self.workdir, ignore_errors=True)
         return self.proc.returncode
 
 
@@ -213,15 +220,31 @@ def auth_credentials(env: dict[str, str] | None = None) -> tuple[str, str]:
     return user, password
 
 
-def _write_auth_config(root: Path, state_dir: Path) -> Path:
-    path = state_dir / "basic_auth.ini"
+def private_file(path: Path, text: str | None = None) -> Path:
+    """Create `path` readable and writable by its owner only (0600), or tighten an existing one;
+    `text` replaces its content. Never follows a link planted at `path`."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    # No password here: MLflow takes it from MLFLOW_AUTH_ADMIN_PASSWORD in the server's env.
-    path.write_text("[mlflow]\n"
-                    "default_permission = READ\n"
-                    f"database_uri = sqlite:///{(root / AUTH_DB).resolve()}\n"
-                    "authorization_function = mlflow.server.auth:authenticate_request_basic_auth\n")
+    flags = os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC | (os.O_TRUNC if text is not None else 0)
+    fd = os.open(path, flags, 0o600)
+    try:
+        os.fchmod(fd, 0o600)   # an existing file keeps its old mode through O_CREAT
+        if text is not None:
+            os.write(fd, text.encode())
+    finally:
+        os.close(fd)
     return path
+
+
+def auth_files(root: Path, state_dir: Path) -> Path:
+    """The auth DB (MLflow's user store: password hashes) and the auth config, both 0600 before the
+    server opens them; SQLite gives its journal files the database's mode. Returns the config path."""
+    db = private_file(root / AUTH_DB)
+    # No password here: MLflow takes it from MLFLOW_AUTH_ADMIN_PASSWORD in the server's env.
+    return private_file(state_dir / "basic_auth.ini",
+                        "[mlflow]\n"
+                        "default_permission = READ\n"
+                        f"database_uri = sqlite:///{db.resolve()}\n"
+                        "authorization_function = mlflow.server.auth:authenticate_request_basic_auth\n")
 
 
 def start_mlflow(root: Path = Path("."), port: int = 0, host: str = HOST, auth: bool = False,
@@ -242,7 +265,7 @@ def start_mlflow(root: Path = Path("."), port: int = 0, host: str = HOST, auth: 
     if auth:
         user, password = auth_credentials(base)
         cmd += ["--app-name", "basic-auth"]
-        child.update(MLFLOW_AUTH_CONFIG_PATH=str(_write_auth_config(root, state_dir)),
+        child.update(MLFLOW_AUTH_CONFIG_PATH=str(auth_files(root, state_dir)),
                      MLFLOW_AUTH_ADMIN_USERNAME=user, MLFLOW_AUTH_ADMIN_PASSWORD=password)
         # CSRF key for the sign-up form: one per server start is enough (all workers share it).
         child.setdefault("MLFLOW_FLASK_SERVER_SECRET_KEY", secrets.token_hex(32))
@@ -271,18 +294,44 @@ def start_prefect(root: Path = Path("."), port: int = 0, host: str = HOST, servi
 def start_model_server(model_uri: str, root: Path = Path("."), port: int = 0, host: str = HOST,
                        state_dir: Path | None = None, env: dict[str, str] | None = None) -> Server:
     """`mlflow models serve -m MODEL_URI --env-manager local`: POST {"inputs": images [B, C, S, S] in
-    [0, 1]} to URL/invocations, get {"predictions": logits}. Not yet ready: call wait_ready."""
+    [0, 1]} to URL/invocations, get {"predictions": logits}. Not yet ready: call wait_ready.
+
+    The server gets a checked copy of the model (tracking/model_loading.py): a folder that is not the
+    project's own pt2 program is refused here, before MLflow could import any code it names."""
+    from ssl_pipeline.tracking.model_loading import checked_copy
+
     root = Path(root).resolve()
     state_dir = Path(state_dir) if state_dir is not None else root / STATE_DIR
     port = check_port(host, port, "model")
     child = dict(os.environ if env is None else env)
     child.pop(PASSWORD_ENV, None)
     # The pipeline logs torch.export programs: serving them never needs to unpickle anything.
-    child.setdefault("MLFLOW_ALLOW_PICKLE_DESERIALIZATION", "false")
-    cmd = [_tool("mlflow"), "models", "serve", "-m", model_uri, "--env-manager", "local",
+    child["MLFLOW_ALLOW_PICKLE_DESERIALIZATION"] = "false"
+    served = state_dir / "served-models" / f"{port}-{secrets.token_hex(4)}"
+    served.parent.mkdir(parents=True, exist_ok=True)
+    with _tracking_env(child):
+        checked_copy(model_uri, served)
+    cmd = [_tool("mlflow"), "models", "serve", "-m", str(served), "--env-manager", "local",
            "-h", host, "-p", str(port), "-w", "1"]
     url = f"http://{host}:{port}"
-    return _spawn("model", cmd, child, root, state_dir / "model-server.log", url, f"{url}/ping")
+    server = _spawn("model", cmd, child, root, state_dir / "model-server.log", url, f"{url}/ping")
+    server.workdir = served
+    return server
+
+
+@contextlib.contextmanager
+def _tracking_env(env: dict[str, str]) -> Iterator[None]:
+    """Resolve models:/ and runs:/ URIs against the tracking store the server will use."""
+    import mlflow
+
+    before = mlflow.get_tracking_uri() if "MLFLOW_TRACKING_URI" in env else None
+    if before is not None:
+        mlflow.set_tracking_uri(env["MLFLOW_TRACKING_URI"])
+    try:
+        yield
+    finally:
+        if before is not None:
+            mlflow.set_tracking_uri(before)
 
 
 def stop_all(servers: list[Server]) -> None:

@@ -23,9 +23,10 @@ def stage_env(root: Path, extra: dict[str, str] | None = None) -> dict[str, str]
 
 
 def repro_stage(stage: str, root: Path = Path("."), extra_env: dict[str, str] | None = None,
-                on_line: Callable[[str], None] = print, force: bool = False) -> bool:
-    """Reproduce one stage; returns True if it ran, False if DVC found it unchanged."""
-    cmd = [sys.executable, "-m", "dvc", "repro", "--single-item", stage] + (["--force"] if force else [])
+                on_line: Callable[[str], None] = print, force: bool = False, options: list[str] | None = None) -> bool:
+    """Reproduce one stage; returns True if it ran, False if DVC found it unchanged. options: more
+    `dvc repro` options (e.g. --allow-missing in a run workspace without the images)."""
+    cmd = [sys.executable, "-m", "dvc", "repro", "--single-item", stage] + (["--force"] if force else []) + list(options or [])
     tail: list[str] = []
     ran = True
     with workspace_lock(root):
@@ -42,6 +43,17 @@ def repro_stage(stage: str, root: Path = Path("."), extra_env: dict[str, str] | 
                 ran = False
         code = proc.wait()
     if code != 0:
-        reason = next((t for t in reversed(tail) if t.startswith(("error:", "ERROR"))), tail[-1] if tail else "")
-        raise DvcError(f"stage {stage!r} failed (exit {code}): {reason}\n" + "\n".join(tail[-12:]))
+        # The stage's own `error:` line says why; DVC's "ERROR: failed to reproduce" only that it failed.
+        reason = next((t for t in reversed(tail) if t.startswith("error:")),
+                      next((t for t in reversed(tail) if t.startswith("ERROR")), tail[-1] if tail else ""))
+        raise StageFailed(f"stage {stage!r} failed (exit {code}): {reason.removeprefix('error: ')}", tail[-12:])
     return ran
+
+
+class StageFailed(DvcError):
+    """A stage's command failed: one line with its own error; `tail` holds its last output lines
+    (already streamed to the log as they came; the CLI shows them again with --debug)."""
+
+    def __init__(self, message: str, tail: list[str]):
+        super().__init__(message)
+        self.tail = tail

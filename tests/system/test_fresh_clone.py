@@ -58,7 +58,7 @@ def test_the_committed_dvc_lock_matches_this_trees_code_params_and_demo_data(tmp
     import shutil
 
     from fixtures_repo import PROJECT_ROOT
-    from ssl_pipeline.ingest.demo import install_demo
+    from ssl_pipeline.ingest.datasets import install_demo
     from ssl_pipeline.versioning import workspace as dvcops
 
     root = project_copy(tmp_path / "clone")

@@ -30,16 +30,19 @@ def overrides(args) -> list[str]:
 
 
 def cmd_compare(args) -> int:
+    from ssl_pipeline.cli.common import flow_logging, prefect_defaults, tracking_uri_display
+    from ssl_pipeline.cli.guard import guarded_run
     from ssl_pipeline.config.schema import load_params
-    from ssl_pipeline.cli.common import prefect_defaults, tracking_uri_display
 
     prefect_defaults()
     sets = overrides(args)
     path = Path(args.params)
     params = load_params(path, sets)   # every params error before Prefect starts
-    from flows.compare import compare
+    with guarded_run(path.parent, "compare"):
+        from flows.compare import compare
 
-    result = compare(root=str(path.parent.resolve()), params_file=path.name, overrides=sets, out_dir=args.out)
+        flow_logging(args.debug)
+        result = compare(root=str(path.parent.resolve()), params_file=path.name, overrides=sets, out_dir=args.out)
     print(f"\n== ssl-pipeline compare: {', '.join(params.compare.method_list())} "
           "(test accuracy, mean (min-max) over seeds) ==")
     print(result["markdown"])

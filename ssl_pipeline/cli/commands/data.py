@@ -85,7 +85,7 @@ def _track(root: Path, raw: Path, datasets: list[str]) -> dict[str, str]:
 
 
 def _demo(args, root: Path, raw: Path) -> int:
-    from ssl_pipeline.ingest.demo import install_demo
+    from ssl_pipeline.ingest.datasets import install_demo
     from ssl_pipeline.progress import Progress
 
     bar = Progress(5000, "demo data")

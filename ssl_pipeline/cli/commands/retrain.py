@@ -41,17 +41,20 @@ def _overrides(args) -> list[str]:
 
 
 def cmd_retrain(args) -> int:
+    from ssl_pipeline.cli.common import flow_logging, prefect_defaults
+    from ssl_pipeline.cli.guard import guarded_run
     from ssl_pipeline.config.schema import load_params
-    from ssl_pipeline.cli.common import prefect_defaults
 
     prefect_defaults()
     overrides = _overrides(args)
     path = Path(args.params)
     load_params(path, overrides)   # every params error before Prefect starts
-    from flows.retrain import retrain
+    with guarded_run(path.parent, "retrain"):
+        from flows.retrain import retrain
 
-    result = retrain(root=str(path.parent.resolve()), params_file=path.name, overrides=overrides,
-                     wait=None if args.wait < 0 else args.wait)
+        flow_logging(args.debug)
+        result = retrain(root=str(path.parent.resolve()), params_file=path.name, overrides=overrides,
+                         wait=None if args.wait < 0 else args.wait)
     print(result["markdown"])
     print(f"\ndecision: {result['decision']}; champion: v{result['new_champion']}; "
           f"MLflow retrain run {result['retrain_run_id']}")

@@ -1,17 +1,17 @@
 """`ssl-pipeline run`: validate params, run the Prefect pipeline flow, print a short summary.
 
-`--set` overrides are applied to params.yaml for the duration of the run (DVC tracks that file, so
-dvc.lock records exactly what produced the outputs) and the original file is restored afterwards.
+`--set` overrides apply to this run only: params.yaml is never written. A run whose overrides change
+what a stage reads runs its stages in a run workspace of its own, with a generated params file that
+DVC records in dvc.lock (ssl_pipeline/versioning/run_workspace.py). Runs in one workspace take turns.
+A killed run (even kill -9) leaves no process or RUNNING MLflow run behind (ssl_pipeline/cli/guard.py).
 """
 from __future__ import annotations
 
 import argparse
-import json
-import os
 from pathlib import Path
 
 from ssl_pipeline import outputs
-from ssl_pipeline.cli.common import prefect_defaults, tracking_uri_display
+from ssl_pipeline.cli.common import flow_logging, prefect_defaults, tracking_uri_display
 
 HELP_ORDER = 20
 DESCRIPTION = """\
@@ -37,22 +37,21 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
 
 
 def cmd_run(args) -> int:
-    return run_pipeline(args.params, args.set)
+    return run_pipeline(args.params, args.set, debug=args.debug)
 
 
-def run_pipeline(params_file: str = "params.yaml", overrides: list[str] | None = None) -> int:
-    prefect_defaults()
-    from flows.pipeline import pipeline
-    from ssl_pipeline.config.overrides import overridden_params
+def run_pipeline(params_file: str = "params.yaml", overrides: list[str] | None = None, debug: bool = False) -> int:
+    from ssl_pipeline.cli.guard import guarded_run
     from ssl_pipeline.config.schema import load_params
-    from ssl_pipeline.tracking import runs as tracking
 
     path = Path(params_file)
     load_params(path, overrides)   # every error surfaces before any work
-    if overrides:
-        os.environ[tracking.OVERRIDES_ENV] = json.dumps(overrides)
-    with overridden_params(path, overrides or []):
-        result = pipeline(root=str(path.parent.resolve()), params_file=path.name)
+    prefect_defaults()
+    with guarded_run(path.parent, "run"):
+        from flows.pipeline import pipeline
+
+        flow_logging(debug)
+        result = pipeline(root=str(path.parent.resolve()), params_file=path.name, overrides=list(overrides or []))
     print_summary(result)
     return 0
 

@@ -10,6 +10,7 @@ from pathlib import Path
 
 from ssl_pipeline.cli.common import params_of
 from ssl_pipeline.stages import STAGE_NAMES, STAGES
+from ssl_pipeline.versioning.run_workspace import stage_lock
 
 HELP_ORDER = 10
 
@@ -29,5 +30,6 @@ def cmd_stage(args) -> int:
     if args.set:
         os.environ[tracking.OVERRIDES_ENV] = json.dumps(args.set)
     name = getattr(args, "stage_name", None) or args.command
-    importlib.import_module(f"ssl_pipeline.stages.{name}").run(params, Path("."))
+    with stage_lock(Path("."), name):
+        importlib.import_module(f"ssl_pipeline.stages.{name}").run(params, Path("."))
     return 0

@@ -42,13 +42,37 @@ PROJECT_PARAMS = PROJECT_ROOT / "params.yaml"
     (["pretrain.method=simclrr"], ["pretrain.method", "unknown method 'simclrr'", "allowed:", "byol", "moco", "simclr"]),
     (["pretrain.method_params={temp: 0.1}"], ["pretrain.method_params.temp: unknown key", "allowed:", "temperature"]),
     (["pretrain.method_params={temperature: warm}"], ["pretrain.method_params.temperature", "expected a value like 0.2"]),
-    (["pretrain.method=moco", "pretrain.method_params={queue_size: 0}"], ["pretrain.method_params", "queue_size must be >= 1"]),
+    (["pretrain.method=moco", "pretrain.method_params={queue_size: 0}"], ["pretrain.method_params.queue_size: must be an integer in [1, "]),
     (["pretrain.method=moco", "pretrain.method_params={version: v4}"], ["pretrain.method_params.version", "'v2' or 'v3'"]),
     (["pretrain.augment={hflip: 0.5}"], ["pretrain.augment.hflip: unknown key", "allowed:", "hflip_p"]),
     # combinations that cannot work
     (["pretrain.method=mae"], ["pretrain.backbone", "'mae' needs a ViT backbone (vit_tiny)", "got 'resnet_narrow'"]),
     (["pretrain.method=colorization", "data.channels=1"], ["pretrain.method", "'colorization' needs colour", "data.channels"]),
     (["pretrain.nproc_per_node=3"], ["pretrain.batch_size", "must divide evenly"]),
+    # values the schema used to let through (issue 24): non-finite floats, probabilities, temperatures,
+    # the schedule, the seed, and a range on every number
+    (["pretrain.lr=.inf"], ["pretrain.lr: must be a finite number, got inf"]),
+    (["finetune.weight_decay=.nan"], ["finetune.weight_decay: must be a finite number, got nan"]),
+    (["retrain.margin=-.inf"], ["retrain.margin: must be a finite number"]),
+    (["data.label_fractions=[.nan]"], ["data.label_fractions.0: must be a finite number"]),
+    (["pretrain.augment.hflip_p=7"], ["pretrain.augment.hflip_p: must be a probability in [0, 1], got 7"]),
+    (["finetune.augment.gray_p=-0.5"], ["finetune.augment.gray_p: must be a probability in [0, 1]"]),
+    (["finetune.augment.brightness=.nan"], ["finetune.augment.brightness: must be a finite number"]),
+    (["pretrain.augment.crop_scale=[0.5, .inf]"], ["pretrain.augment.crop_scale: must be a finite number"]),
+    (["pretrain.augment.blur_kernel_frac=0"], ["pretrain.augment.blur_kernel_frac: must be in (0, 1]"]),
+    (["pretrain.method_params.temperature=-1"], ["pretrain.method_params.temperature: must be a temperature in [0.001, 100]", "got -1"]),
+    (["pretrain.method_params.temperature=.nan"], ["pretrain.method_params.temperature: must be a finite number"]),
+    (["pretrain.method_params.hidden_dim=0"], ["pretrain.method_params.hidden_dim: must be an integer in [1, "]),
+    (["pretrain.method_params.hidden_dim=1.5"], ["pretrain.method_params.hidden_dim: expected a value like 512"]),
+    (["compare.method_params={moco: {temperature: 0}}"], ["compare.method_params.moco.temperature: must be a temperature in"]),
+    (["retrain.cron=61 3 * * *"], ["retrain.cron: not a cron schedule Prefect accepts: '61 3 * * *'"]),
+    (["retrain.cron=every night"], ["retrain.cron: not a cron schedule"]),
+    (["retrain.timezone=Mars/Base"], ["retrain.timezone: unknown timezone 'Mars/Base'", "IANA"]),
+    (["seed=99999999999999999999"], ["seed", "less than or equal to 2147483647"]),
+    (["pretrain.epochs=100000000000"], ["pretrain.epochs", "less than or equal to"]),
+    (["finetune.batch_size=1"], ["finetune.batch_size", "greater than or equal to 2"]),
+    (["flow.retry_delay_seconds=[-5]"], ["flow.retry_delay_seconds: every delay must be between 0 and"]),
+    (["compare.method_batch_size={moco: 1}"], ["compare.method_batch_size.moco: must be between 2 and"]),
 ])
 def test_every_params_error_names_the_key_and_what_is_allowed(overrides, expected):
     with pytest.raises(ConfigError) as err:
@@ -65,6 +89,28 @@ def edited_params(tmp_path: Path, edit) -> Path:
     path = tmp_path / "params.yaml"
     path.write_text(yaml.safe_dump(raw))
     return path
+
+
+def test_several_problems_give_one_line_each_naming_its_key():
+    with pytest.raises(ConfigError) as err:
+        load_params(PROJECT_PARAMS, ["pretrain.lr=.inf", "pretrain.epochs=0", "retrain.timezone=Nowhere"])
+    lines = str(err.value).splitlines()
+    assert [line.split(": ")[1] for line in lines] == ["pretrain.epochs", "pretrain.lr", "retrain.timezone"]
+    assert all(line.startswith("params.yaml: ") for line in lines)
+    with pytest.raises(ConfigError) as err:   # the method's and augmentation's knobs, all of them
+        load_params(PROJECT_PARAMS, ["pretrain.augment.hflip_p=7", "pretrain.method_params.temperature=.nan",
+                                     "finetune.augment.gray_p=2"])
+    assert sorted(line.split(": ")[1] for line in str(err.value).splitlines()) == [
+        "finetune.augment.gray_p", "pretrain.augment.hflip_p", "pretrain.method_params.temperature"]
+
+
+def test_cli_prints_one_error_line_per_problem(tmp_path, capsys):
+    from ssl_pipeline.cli import main as cli
+
+    assert cli.main(["config", "--check", "--params", str(PROJECT_PARAMS), "--set", "pretrain.lr=.inf",
+                     "--set", "retrain.cron=61 3 * * *"]) == 2
+    err = capsys.readouterr().err.splitlines()
+    assert [line.split(": ")[2] for line in err if line.startswith("error: ")] == ["pretrain.lr", "retrain.cron"]
 
 
 def test_missing_keys_are_named(tmp_path):

@@ -16,7 +16,7 @@ import pytest
 from PIL import Image
 
 from ssl_pipeline.ingest import datasets
-from ssl_pipeline.ingest.demo import install_demo
+from ssl_pipeline.ingest.datasets import install_demo
 from ssl_pipeline.ingest.importer import DataImportError, UnsafePathError, import_folder
 from ssl_pipeline.ingest.records import Records
 
@@ -122,8 +122,8 @@ def test_one_odd_entry_is_skipped_with_its_reason_and_the_rest_imported(tmp_path
 
 
 def test_split_layout_is_kept_and_test_images_never_reach_the_pool(tmp_path):
-    files = {f"{split}/{cls}/{split}{i}.png": _png(hash((split, cls, i)) % 10_000)
-             for split, n in (("train", 6), ("val", 2), ("test", 3)) for cls in ("0", "1", "2") for i in range(n)}
+    files = {f"{split}/{cls}/{split}{i}.png": _png(100 * s + 10 * int(cls) + i)   # distinct seeds: distinct images
+             for s, (split, n) in enumerate((("train", 6), ("val", 2), ("test", 3))) for cls in ("0", "1", "2") for i in range(n)}
     src = _make(tmp_path / "cifar", files)
     raw = tmp_path / "raw"
 

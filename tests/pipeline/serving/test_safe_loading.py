@@ -133,15 +133,39 @@ def test_a_malicious_encoder_or_classifier_file_is_refused(tmp_path, marker):
 
 
 def test_a_pickled_mlflow_model_is_refused(tmp_path, marker):
-    """The project logs pt2 models; a pickle-format MLflow model folder (e.g. handed to `predict`)
-    is refused by MLflow itself because the project sets MLFLOW_ALLOW_PICKLE_DESERIALIZATION=false."""
+    """The project logs pt2 models; a pickle-format MLflow model folder (e.g. handed to `predict`) is
+    refused by the project's loader before MLflow sees it (tracking/model_loading.py)."""
     import mlflow
 
     from ssl_pipeline.serving.predict import load_predictor
+    from ssl_pipeline.tracking.model_loading import UnsafeModelError
 
     folder = tmp_path / "evil-model"
     mlflow.pytorch.save_model(torch.nn.Linear(2, 2), str(folder), serialization_format="pickle")
     [weights] = list(folder.rglob("model.pth"))
     plant(weights, marker)
-    with pytest.raises(FileNotFoundError, match="(?i)pickle is disallowed"):
+    with pytest.raises(UnsafeModelError, match="data folder holds model.pth"):
+        load_predictor(str(folder), tmp_path)
+
+
+def test_a_pt2_archive_carrying_a_pickle_is_refused_even_if_the_environment_allows_pickles(tmp_path, marker,
+                                                                                           monkeypatch):
+    """The folder has the project's shape, but a record of its pt2 archive is a pickle payload:
+    MLflow's archive check refuses it, with pickle deserialization forced off for the project's loads."""
+    import zipfile
+
+    import mlflow
+    import numpy as np
+
+    from ssl_pipeline.serving.predict import load_predictor
+
+    monkeypatch.setenv("MLFLOW_ALLOW_PICKLE_DESERIALIZATION", "true")
+    folder = tmp_path / "model"
+    mlflow.pytorch.save_model(torch.nn.Linear(2, 2), str(folder), serialization_format="pt2",
+                              input_example=np.zeros((2, 2), np.float32))
+    archive = folder / "data" / "model.pt2"
+    payload = plant(tmp_path / "payload.pt", marker)
+    with zipfile.ZipFile(archive, "a") as zf:
+        zf.writestr("model/data/constants/tensor_evil", payload.read_bytes())
+    with pytest.raises(FileNotFoundError, match="(?i)pickle"):
         load_predictor(str(folder), tmp_path)

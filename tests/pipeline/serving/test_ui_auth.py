@@ -6,6 +6,7 @@ the command writes."""
 from __future__ import annotations
 
 import base64
+import os
 import secrets
 import signal
 import urllib.error
@@ -68,6 +69,25 @@ def test_basic_auth_rejects_anonymous_and_accepts_the_admin(tmp_path, monkeypatc
     for path in written:
         assert password not in path.read_text(errors="replace"), f"password leaked into {path}"
     assert (tmp_path / "mlflow_auth.db").exists()   # the user store lives in the workspace
+    # The user store (password hashes), its SQLite side files and the auth config: owner only.
+    private = [p for p in tmp_path.rglob("*") if p.name.startswith("mlflow_auth.db") or p.name == "basic_auth.ini"]
+    assert len(private) >= 2 and {p.name: oct(p.stat().st_mode & 0o777) for p in private} == \
+        {p.name: "0o600" for p in private}
+
+
+def test_the_auth_files_are_created_or_tightened_to_owner_only(tmp_path):
+    state = tmp_path / ".ssl-pipeline"
+    (tmp_path / "mlflow_auth.db").write_bytes(b"")
+    os.chmod(tmp_path / "mlflow_auth.db", 0o644)      # made by an older version, world-readable
+    config = servers.auth_files(tmp_path, state)
+    assert oct((tmp_path / "mlflow_auth.db").stat().st_mode & 0o777) == "0o600"
+    assert oct(config.stat().st_mode & 0o777) == "0o600" and "database_uri = sqlite:///" in config.read_text()
+    (tmp_path / "elsewhere").write_text("keep")
+    config.unlink()
+    config.symlink_to(tmp_path / "elsewhere")          # a planted link is not written through
+    with pytest.raises(OSError):
+        servers.auth_files(tmp_path, state)
+    assert (tmp_path / "elsewhere").read_text() == "keep"
 
 
 def test_auth_without_a_password_fails_before_starting_anything(tmp_path, monkeypatch, capsys):

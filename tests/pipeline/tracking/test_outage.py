@@ -3,6 +3,7 @@ training. The stage fails in seconds with the URI in one clear sentence, the che
 a rerun (or a Prefect task retry) resumes instead of retraining. Real servers, real processes."""
 from __future__ import annotations
 
+import contextlib
 import http.server
 import logging
 import os
@@ -181,7 +182,49 @@ def test_server_answering_500_fails_fast_through_the_cli_and_keeps_the_checkpoin
     [line] = error_lines(done.stderr)
     assert f"MLflow tracking at {uri} is not usable" in line and "500" in line
     assert "Traceback" not in done.stderr
-    assert Always500.requests == 3   # one call, retried twice (MLFLOW_HTTP_REQUEST_MAX_RETRIES=2)
+    # The liveness probe (any answer, even 500, shows a responding server), then one call retried twice
+    # (MLFLOW_HTTP_REQUEST_MAX_RETRIES=2).
+    assert Always500.requests == 1 + 3
+    assert (root / CHECKPOINT).read_bytes() == died["checkpoint"]
+    assert not (root / "models").exists()
+
+
+class SilentServer:
+    """Accepts TCP connections and never answers: a hung server, or a proxy whose backend is gone."""
+
+    def __init__(self):
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(16)
+        self.uri = f"http://127.0.0.1:{self.sock.getsockname()[1]}"
+        self.accepted: list[socket.socket] = []
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        with contextlib.suppress(OSError):
+            while True:
+                self.accepted.append(self.sock.accept()[0])
+
+    def close(self) -> None:
+        for conn in self.accepted:
+            conn.close()
+        self.sock.close()
+
+
+def test_a_server_that_accepts_but_never_answers_fails_like_an_unreachable_one(died, tmp_path):
+    root = copy_with_checkpoint(died, tmp_path)
+    server = SilentServer()
+    try:
+        done = subprocess.run([sys.executable, "-m", "ssl_pipeline", "pretrain"], cwd=root,
+                              env=stage_subprocess_env(root, server.uri), capture_output=True, text=True, timeout=600)
+    finally:
+        server.close()
+    assert done.returncode != 0
+    [line] = error_lines(done.stderr)
+    timeout = tracking.FAIL_FAST_HTTP["MLFLOW_HTTP_REQUEST_TIMEOUT"]
+    assert f"MLflow tracking at {server.uri} is not usable: no answer within {timeout} s" in line
+    assert "Traceback" not in done.stderr
+    assert len(server.accepted) == 1   # one request bounded by the timeout, not MLflow's retries of it
     assert (root / CHECKPOINT).read_bytes() == died["checkpoint"]
     assert not (root / "models").exists()
 
