@@ -1,7 +1,7 @@
-"""The import's check-then-copy race: a process that keeps swapping a source image for a link to a
-file outside the source folder never gets that file into data/raw. The swapper is a real concurrent
-process, bounded in time; the same swapper leaks the outside file through a plain copy, so the loop
-exercises the race for real."""
+"""The import's check-then-copy race: a source image swapped for a link to a file outside the source
+folder, after the import checked it, never gets that file into data/raw. The worst interleaving is made
+deterministic (the swap happens right after the last check; a plain copy leaks the file there, so the test
+exercises the race), and a real concurrent swapper process, bounded in time, never makes it leak."""
 from __future__ import annotations
 
 import os
@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from ssl_pipeline.ingest import importer
+from ssl_pipeline.ingest import importer, sources
 from ssl_pipeline.ingest.importer import DataImportError, SourceChanged, copy_checked, import_folder
 
 SECRET = b"SECRET-OUTSIDE-THE-SOURCE"
@@ -73,40 +73,68 @@ def leaked(raw: Path) -> bool:
     return any(p.is_file() and SECRET in p.read_bytes() for p in raw.rglob("*")) if raw.exists() else False
 
 
-def test_a_plain_copy_leaks_the_outside_file_under_the_same_swapper(racing_source, monkeypatch):
-    src, raw = racing_source
+@pytest.fixture
+def swap_after_check(tmp_path, monkeypatch):
+    """The worst interleaving, made deterministic: right after the import's last check of cat/000.png
+    (the listing that feeds the copy), the file becomes a link to a file outside the source."""
+    src = tmp_path / "src"
+    rng = np.random.default_rng(1)
+    for cls in ("cat", "dog"):
+        (src / cls).mkdir(parents=True)
+        for i in range(3):
+            Image.fromarray(rng.integers(0, 256, (8, 8), dtype=np.uint8)).save(src / cls / f"{i:03d}.png")
+    outside = tmp_path / "outside.png"
+    outside.write_bytes(SECRET)
+    victim = src / "cat/000.png"
+    checks = {"n": 0}
+    original = sources._Reader.file_problem
+
+    def check_then_swap(reader, path):
+        reason = original(reader, path)
+        if path == victim and not path.is_symlink():
+            checks["n"] += 1
+            if checks["n"] == 2:   # the second listing: its check is the last before the copy
+                path.unlink()
+                path.symlink_to(outside)
+        return reason
+
+    monkeypatch.setattr(sources._Reader, "file_problem", check_then_swap)
+    return src, tmp_path / "raw"
+
+
+def test_a_plain_copy_leaks_the_outside_file_when_it_is_swapped_after_the_check(swap_after_check, monkeypatch):
+    src, raw = swap_after_check
     monkeypatch.setattr(importer, "copy_checked", lambda path, dest, root: shutil.copyfile(path, dest))
-    for _ in range(ATTEMPTS):
-        try:
-            import_folder(src, "labeled", raw, replace=True)
-        except OSError:   # the scan's own link checks lost a race (e.g. readlink on a file): try again
-            continue
-        if leaked(raw):
-            return
-    pytest.fail(f"the swapper never won the race against a plain copy in {ATTEMPTS} imports")
+    import_folder(src, "labeled", raw)
+    assert leaked(raw)   # what the checked copy must prevent
+
+
+def test_a_file_swapped_for_a_link_after_the_check_is_refused_and_nothing_is_imported(swap_after_check):
+    src, raw = swap_after_check
+    with pytest.raises(SourceChanged, match="cat/000.png.*nothing was imported"):
+        import_folder(src, "labeled", raw)
+    assert not leaked(raw)
+    assert not list(raw.glob(".import-*")), "a refused import left its staging folder"
+    assert not (raw / "labeled").exists()
 
 
 def test_the_import_never_copies_the_outside_file_while_a_swapper_races_it(racing_source):
+    """A real concurrent swapper: whatever the interleaving (imported, refused, or the scan lost the race),
+    the outside file never reaches the dataset and no staging folder is left."""
     src, raw = racing_source
-    outcomes = {"imported": 0, "refused": 0, "scan failed": 0}
-    for _ in range(ATTEMPTS):
+    for _ in range(ATTEMPTS // 4):
         try:
             result = import_folder(src, "labeled", raw, replace=True)
         except SourceChanged as err:
             assert "cat/000.png" in str(err) and "nothing was imported" in str(err)
-            outcomes["refused"] += 1
         except OSError:   # the scan's own link checks lost a race before any copy: nothing imported
-            outcomes["scan failed"] += 1
+            pass
         else:
-            outcomes["imported"] += 1
-            # every cat imported (files are named by content now), or 000.png listed as skipped
+            # every cat imported (files are named by content), or 000.png listed as skipped
             assert (result.record.files.get("train/cat") == 30
                     or any("000.png" in path for path, _ in result.record.skipped)), result.record
-        assert not leaked(raw), outcomes
+        assert not leaked(raw)
         assert not list(raw.glob(".import-*")), "a refused import left its staging folder"
-        if outcomes["refused"] and outcomes["imported"]:
-            return
-    pytest.fail(f"the race was not exercised both ways in {ATTEMPTS} imports: {outcomes}")
 
 
 def test_copy_checked_refuses_links_out_special_files_and_swapped_files(tmp_path):
