@@ -73,7 +73,7 @@ def compare(root: str = ".", params_file: str = "params.yaml", overrides: list[s
             comparison.parent_run(params, root_path, overrides, str(flow_run.get_id() or "")) as parent_run_id:
         prepare.with_options(**retry)(root_path, comparison.child_env())
         entries = comparison.plan(params, load_meta(root_path / params.data.prepared_dir))
-        order = [e.method for e in entries] + list(comparison.BASELINES)
+        order = [e.method for e in entries] + list(comparison.baselines(params))
         rows: list[dict] = []
         for entry in entries:
             if entry.skip_reason:
@@ -85,7 +85,7 @@ def compare(root: str = ".", params_file: str = "params.yaml", overrides: list[s
                                      entry.method, entry.backbone, logger)
             _write_partial(params, rows, order, root_path / out_dir)
         backbones = comparison.baseline_backbones(params, entries)
-        for kind in comparison.BASELINES:
+        for kind in comparison.baselines(params):
             task_ = compare_baseline.with_options(name=f"compare-{kind}", **retry)
             rows += _rows_or_failure(task_(params, root_path, kind, backbones, return_state=True),
                                      kind, ",".join(backbones), logger)

@@ -13,6 +13,7 @@ from ssl_core.evaluation.grid import FinetuneRecipe
 from ssl_core.models.spec import EncoderSpec
 from ssl_core.recipes import PretrainRecipe
 from ssl_pipeline.config.schema import Params
+from ssl_pipeline.ingest.weights import InitSource
 from ssl_pipeline.versioning.workspace import dataset_md5s
 
 # pretrain knobs that do not change the trained weights: a checkpoint stays valid across them
@@ -26,10 +27,12 @@ def encoder_spec(params: Params, meta: dict) -> EncoderSpec:
                        small_stem=p.small_stem, stem_stride=p.stem_stride, width=p.width, method=p.method)
 
 
-def pretrain_recipe(params: Params, meta: dict) -> PretrainRecipe:
-    names = {f.name for f in dataclasses.fields(PretrainRecipe)} - {"encoder", "seed"}
+def pretrain_recipe(params: Params, meta: dict, init: InitSource | None = None) -> PretrainRecipe:
+    """init: pretrain.init resolved to a local file (tracking/init_weights.py); None trains from random init."""
+    names = {f.name for f in dataclasses.fields(PretrainRecipe)} - {"encoder", "seed", "init_weights"}
     knobs = params.pretrain.model_dump(include=names)
-    return PretrainRecipe(encoder=encoder_spec(params, meta), seed=params.seed, **knobs)
+    return PretrainRecipe(encoder=encoder_spec(params, meta), seed=params.seed,
+                          init_weights=str(init.path) if init else "", **knobs)
 
 
 def finetune_recipe(params: Params) -> FinetuneRecipe:
@@ -38,11 +41,13 @@ def finetune_recipe(params: Params) -> FinetuneRecipe:
     return FinetuneRecipe(protocols=tuple(params.finetune.protocols), seed=params.seed, **knobs)
 
 
-def checkpoint_fingerprint(params: Params, root: Path, meta: dict) -> str:
-    """What a pretraining checkpoint is only valid for: the training params and the data's identity.
+def checkpoint_fingerprint(params: Params, root: Path, meta: dict, init: InitSource | None = None) -> str:
+    """What a pretraining checkpoint is only valid for: the training params, the data's identity and
+    the starting weights' digest (an alias may point at other weights tomorrow).
 
     Knobs that do not change the trained weights (logging, checkpoint interval, kNN monitor, device)
     are left out, so e.g. a retry with another checkpoint_every still resumes."""
     train_knobs = params.pretrain.model_dump(mode="json", exclude=_NOT_TRAINING)
     return json.dumps({"seed": params.seed, "data": params.data.model_dump(mode="json"), "pretrain": train_knobs,
-                       "dvc_md5": dataset_md5s(root, params.data.raw_dir), "meta": meta}, sort_keys=True)
+                       "dvc_md5": dataset_md5s(root, params.data.raw_dir), "meta": meta,
+                       "init_sha256": init.sha256 if init else None}, sort_keys=True)
