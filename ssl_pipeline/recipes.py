@@ -13,7 +13,6 @@ from ssl_core.evaluation.grid import FinetuneRecipe
 from ssl_core.models.spec import EncoderSpec
 from ssl_core.recipes import PretrainRecipe
 from ssl_pipeline.config.schema import Params
-from ssl_pipeline.ingest.weights import InitSource
 from ssl_pipeline.versioning.workspace import dataset_md5s
 
 # pretrain knobs that do not change the trained weights: a checkpoint stays valid across them
@@ -27,12 +26,12 @@ def encoder_spec(params: Params, meta: dict) -> EncoderSpec:
                        small_stem=p.small_stem, stem_stride=p.stem_stride, width=p.width, method=p.method)
 
 
-def pretrain_recipe(params: Params, meta: dict, init: InitSource | None = None) -> PretrainRecipe:
-    """init: pretrain.init resolved to a local file (tracking/init_weights.py); None trains from random init."""
+def pretrain_recipe(params: Params, meta: dict, init_weights: str | Path = "") -> PretrainRecipe:
+    """init_weights: pretrain.init resolved to a local file (tracking/init_weights.py); "" = random init."""
     names = {f.name for f in dataclasses.fields(PretrainRecipe)} - {"encoder", "seed", "init_weights"}
     knobs = params.pretrain.model_dump(include=names)
     return PretrainRecipe(encoder=encoder_spec(params, meta), seed=params.seed,
-                          init_weights=str(init.path) if init else "", **knobs)
+                          init_weights=str(init_weights or ""), **knobs)
 
 
 def finetune_recipe(params: Params) -> FinetuneRecipe:
@@ -41,7 +40,7 @@ def finetune_recipe(params: Params) -> FinetuneRecipe:
     return FinetuneRecipe(protocols=tuple(params.finetune.protocols), seed=params.seed, **knobs)
 
 
-def checkpoint_fingerprint(params: Params, root: Path, meta: dict, init: InitSource | None = None) -> str:
+def checkpoint_fingerprint(params: Params, root: Path, meta: dict, init_sha256: str | None = None) -> str:
     """What a pretraining checkpoint is only valid for: the training params, the data's identity and
     the starting weights' digest (an alias may point at other weights tomorrow).
 
@@ -50,4 +49,4 @@ def checkpoint_fingerprint(params: Params, root: Path, meta: dict, init: InitSou
     train_knobs = params.pretrain.model_dump(mode="json", exclude=_NOT_TRAINING)
     return json.dumps({"seed": params.seed, "data": params.data.model_dump(mode="json"), "pretrain": train_knobs,
                        "dvc_md5": dataset_md5s(root, params.data.raw_dir), "meta": meta,
-                       "init_sha256": init.sha256 if init else None}, sort_keys=True)
+                       "init_sha256": init_sha256}, sort_keys=True)

@@ -193,7 +193,7 @@ def run_method(params: Params, root: Path, method: str, note: Note = log.info) -
             return reuse_finished(method, finished, note)
         device = setup_torch(mp.pretrain.device)
         checkpointer = Checkpointer(root / COMPARE_CHECKPOINT_DIR / method,
-                                    checkpoint_fingerprint(mp, root, data.meta, init),
+                                    checkpoint_fingerprint(mp, root, data.meta, init and init.sha256),
                                     every_steps=mp.pretrain.checkpoint_every)
         with recipe_errors_as_stage_errors():
             encoder, seconds, rank = pretrain_for_comparison(mp, data, device, checkpointer, run.info.run_id, note,
@@ -217,7 +217,7 @@ def pretrain_for_comparison(mp: Params, data: Data, device: torch.device, checkp
                             note: Note, init: InitSource | None = None) -> tuple[torch.nn.Module, float, float]:
     """The pretrain stage's recipe (from `init`'s weights when given), kNN monitor and per-epoch MLflow
     metrics. Returns (encoder, seconds, the val features' effective rank after the last epoch)."""
-    recipe = pretrain_recipe(mp, data.meta, init)
+    recipe = pretrain_recipe(mp, data.meta, init.path if init else "")
     if init is not None:
         log_init(init, check_init(recipe, init.source).notes)
     resume = checkpointer.resume_info()
@@ -287,7 +287,7 @@ def run_baseline(params: Params, root: Path, kind: str, backbones: list[str], no
             return reuse_finished(kind, finished, note)
         device = setup_torch(params.pretrain.device)
         if kind == INIT_BASELINE:
-            log_init(init, check_init(pretrain_recipe(params, data.meta, init), init.source).notes)
+            log_init(init, check_init(pretrain_recipe(params, data.meta, init.path), init.source).notes)
         for backbone in backbones:
             found, rank = baseline_rows(params, kind, backbone, data, device, note, init)
             rows += finish_rows(found, backbone, 0.0, rank)

@@ -23,7 +23,7 @@ def result_fingerprint(params: Params, root: Path, meta: dict, name: str, backbo
                        init: InitSource | None = None) -> str:
     """What a method's (or baseline's) rows depend on: the training params, data and starting weights
     (as for its checkpoint), the evaluation settings, and for a baseline its architectures."""
-    body = json.dumps({"name": name, "training": checkpoint_fingerprint(params, root, meta, init),
+    body = json.dumps({"name": name, "training": checkpoint_fingerprint(params, root, meta, init and init.sha256),
                        "backbones": list(backbones),
                        "finetune": params.finetune.model_dump(mode="json"),
                        "evaluate": params.evaluate.model_dump(mode="json")}, sort_keys=True)

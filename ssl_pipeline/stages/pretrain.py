@@ -86,7 +86,7 @@ def run(params: Params, root: Path = Path(".")) -> dict:
     prepared = root / d.prepared_dir
     meta = load_meta(prepared)
     init = resolve_init(p.init, root)
-    recipe = pretrain_recipe(params, meta, init)
+    recipe = pretrain_recipe(params, meta, init.path if init else "")
     with recipe_errors_as_stage_errors():
         check_method_fits_data(recipe, f"data.channels: {params.data.channels}")
         report = check_init(recipe, p.init)
@@ -94,7 +94,7 @@ def run(params: Params, root: Path = Path(".")) -> dict:
         log.info("pretrain: the encoder starts from %s (%s, sha256 %s)", init.source, init.resolved, init.sha256[:12])
         for note in report.notes:
             log.info("pretrain: init: %s", note)
-    fingerprint = checkpoint_fingerprint(params, root, meta, init)
+    fingerprint = checkpoint_fingerprint(params, root, meta, init.sha256 if init else None)
     checkpointer = Checkpointer(root / outputs.PRETRAIN_CHECKPOINT_DIR, fingerprint, every_steps=p.checkpoint_every)
     # Tracking is checked (stage_run -> setup) before any training; the checkpoint is removed only
     # after every output is written and every log call succeeded, so any failure resumes, not retrains.

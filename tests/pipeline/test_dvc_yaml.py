@@ -86,5 +86,6 @@ def test_every_stage_output_is_a_dvc_out():
             for stage in DVC.values() for key in ("outs", "metrics", "plots") for o in stage.get(key, [])}
     written = {str(v) for k, v in vars(outputs).items() if k.isupper() and isinstance(v, Path)}
     not_outs = {str(p) for p in (outputs.PRETRAIN_CHECKPOINT_DIR, outputs.DISTRIBUTED_HANDOFF_DIR,
-                                 outputs.COMPARE_CHECKPOINT_DIR, outputs.INDEX_CSV)}   # INDEX_CSV: in models/classifiers
+                                 outputs.COMPARE_CHECKPOINT_DIR, outputs.INDEX_CSV,   # INDEX_CSV: in models/classifiers
+                                 outputs.INIT_WEIGHTS_DIR)}   # a cache of fetched inputs, named by their digest
     assert written - not_outs <= outs, sorted(written - not_outs - outs)
