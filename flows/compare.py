@@ -75,7 +75,7 @@ def compare(root: str = ".", params_file: str = "params.yaml", overrides: list[s
         prepare.with_options(**retry)(run.dvc_root, comparison.child_env(), run.repro_options("prepare"))
         work = run.dvc_root   # the prepared data, the checkpoints and finished results of this comparison
         entries = comparison.plan(params, load_meta(work / params.data.prepared_dir))
-        order = [e.method for e in entries] + list(comparison.BASELINES)
+        order = [e.method for e in entries] + list(comparison.baselines(params))
         rows: list[dict] = []
         for entry in entries:
             if entry.skip_reason:
@@ -87,7 +87,7 @@ def compare(root: str = ".", params_file: str = "params.yaml", overrides: list[s
                                      entry.method, entry.backbone, logger)
             _write_partial(params, rows, order, root_path / out_dir)
         backbones = comparison.baseline_backbones(params, entries)
-        for kind in comparison.BASELINES:
+        for kind in comparison.baselines(params):
             task_ = compare_baseline.with_options(name=f"compare-{kind}", **retry)
             rows += _rows_or_failure(task_(params, work, kind, backbones, return_state=True),
                                      kind, ",".join(backbones), logger)

@@ -33,3 +33,5 @@ LOGGED_MODELS_JSON = Path("models/logged_models.json")
 PRETRAIN_CHECKPOINT_DIR = Path("checkpoints/pretrain")
 DISTRIBUTED_HANDOFF_DIR = PRETRAIN_CHECKPOINT_DIR / "dist"   # shared by every node of a job
 COMPARE_CHECKPOINT_DIR = Path("checkpoints/compare")
+# not DVC outputs: pretrain.init's weights fetched from MLflow or torchvision, named by their SHA-256 (git-ignored)
+INIT_WEIGHTS_DIR = Path(".ssl-pipeline/init")

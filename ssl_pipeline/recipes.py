@@ -19,10 +19,12 @@ from ssl_pipeline.versioning.workspace import dataset_md5s
 _NOT_TRAINING = {"log_every", "checkpoint_every", "knn_k", "knn_every", "device", "cache_on_device"}
 
 
-def pretrain_recipe(params: Params, meta: dict) -> PretrainRecipe:
-    names = {f.name for f in dataclasses.fields(PretrainRecipe)} - {"encoder", "seed"}
+def pretrain_recipe(params: Params, meta: dict, init_weights: str | Path = "") -> PretrainRecipe:
+    """init_weights: pretrain.init resolved to a local file (tracking/init_weights.py); "" = random init."""
+    names = {f.name for f in dataclasses.fields(PretrainRecipe)} - {"encoder", "seed", "init_weights"}
     knobs = params.pretrain.model_dump(include=names)
-    return PretrainRecipe(encoder=encoder_spec(params, meta), seed=params.seed, **knobs)
+    return PretrainRecipe(encoder=encoder_spec(params, meta), seed=params.seed,
+                          init_weights=str(init_weights or ""), **knobs)
 
 
 def finetune_recipe(params: Params) -> FinetuneRecipe:
@@ -31,11 +33,13 @@ def finetune_recipe(params: Params) -> FinetuneRecipe:
     return FinetuneRecipe(protocols=tuple(params.finetune.protocols), seed=params.seed, **knobs)
 
 
-def checkpoint_fingerprint(params: Params, root: Path, meta: dict) -> str:
-    """What a pretraining checkpoint is only valid for: the training params and the data's identity.
+def checkpoint_fingerprint(params: Params, root: Path, meta: dict, init_sha256: str | None = None) -> str:
+    """What a pretraining checkpoint is only valid for: the training params, the data's identity and
+    the starting weights' digest (an alias may point at other weights tomorrow).
 
     Knobs that do not change the trained weights (logging, checkpoint interval, kNN monitor, device)
     are left out, so e.g. a retry with another checkpoint_every still resumes."""
     train_knobs = params.pretrain.model_dump(mode="json", exclude=_NOT_TRAINING)
     return json.dumps({"seed": params.seed, "data": params.data.model_dump(mode="json"), "pretrain": train_knobs,
-                       "dvc_md5": dataset_md5s(root, params.data.raw_dir), "meta": meta}, sort_keys=True)
+                       "dvc_md5": dataset_md5s(root, params.data.raw_dir), "meta": meta,
+                       "init_sha256": init_sha256}, sort_keys=True)

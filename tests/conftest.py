@@ -43,8 +43,14 @@ def mlflow_uri(tmp_path, monkeypatch):
     """Every test its own SQLite MLflow store (also inherited by stage subprocesses)."""
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    # mlflow.set_experiment keeps the experiment id in a global and in MLFLOW_EXPERIMENT_ID: an id from the
+    # previous test's store must not be looked up in this one.
+    monkeypatch.delenv("MLFLOW_EXPERIMENT_ID", raising=False)
     import mlflow
+    from mlflow.tracking import fluent
 
+    fluent._active_experiment_id = None
     mlflow.set_tracking_uri(uri)
     yield uri
-    mlflow.set_tracking_uri(None) if hasattr(mlflow, "set_tracking_uri") else None
+    fluent._active_experiment_id = None
+    mlflow.set_tracking_uri(None)

@@ -18,6 +18,7 @@ import torch
 from ssl_core.data.cache import Split, load_split
 from ssl_core.evaluation.protocols import knn_accuracy_and_rank
 from ssl_core.methods import SSLMethod, get_method_class
+from ssl_core.models.init import InitReport, InitWeightsError, init_backbone
 from ssl_core.models.spec import EncoderSpec, build_encoder
 from ssl_core.training import distributed as dist_utils
 from ssl_core.training.loop import TrainConfig, pretrain
@@ -54,6 +55,7 @@ class PretrainRecipe:
     knn_k: int
     knn_every: int
     sync_batchnorm: bool
+    init_weights: str = ""   # a local state_dict file the encoder starts from ("" = random init)
 
     @property
     def method(self) -> str:
@@ -79,13 +81,33 @@ def check_method_fits_data(recipe: PretrainRecipe, why_channels: str = "") -> No
                           "import colour images")
 
 
+def check_init(recipe: PretrainRecipe, source: str = "") -> InitReport | None:
+    """Fit recipe.init_weights to the recipe's encoder without training (before any work or tracking):
+    RecipeError naming the mismatching keys, else what loading changes (for the log). None: no init.
+    source: how the user named the weights (pretrain.init), for the message; default the file."""
+    if not recipe.init_weights:
+        return None
+    try:
+        return init_backbone(build_encoder(recipe.encoder), recipe.init_weights)
+    except InitWeightsError as err:
+        raise RecipeError(f"pretrain.init: {source or recipe.init_weights} {err}") from None
+
+
 def build_method(recipe: PretrainRecipe, seed: int | None = None) -> SSLMethod:
-    """The method with a freshly initialised encoder (torch seeded with `seed`, default recipe.seed)."""
+    """The method with a freshly built encoder (torch seeded with `seed`, default recipe.seed), started
+    from recipe.init_weights when set: before the method is built, so its momentum or teacher copies
+    start from the same weights. Loading draws no random numbers, so the heads are the same either way."""
     torch.manual_seed(recipe.seed if seed is None else seed)
     spec = recipe.encoder
     cls = get_method_class(recipe.method)
+    encoder = build_encoder(spec)
     try:
-        return cls.build(build_encoder(spec), recipe.method_params, recipe.augment,
+        if recipe.init_weights:
+            init_backbone(encoder, recipe.init_weights)
+    except InitWeightsError as err:
+        raise RecipeError(f"pretrain.init: {recipe.init_weights} {err}") from None
+    try:
+        return cls.build(encoder, recipe.method_params, recipe.augment,
                          (spec.in_channels, spec.image_size, spec.image_size))
     except ValueError as err:
         raise RecipeError(str(err)) from None

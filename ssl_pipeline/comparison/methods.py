@@ -2,7 +2,9 @@
 same prepared data with the same budget, each evaluated as the evaluate stage does (kNN, linear probe
 and fine-tuning at every label fraction and seed, accuracy on the test split), next to two baselines
 of each architecture used: `random` (kNN + linear probe on a randomly initialised encoder) and
-`scratch` (supervised training from random init with finetune's budget).
+`scratch` (supervised training from random init with finetune's budget). With pretrain.init set,
+every method starts from those weights ("weights + SSL") and a third baseline `init` evaluates them
+as they are ("weights, no SSL": kNN, linear probe and fine-tuning); `random` stays the floor.
 
 A method compared here is built, trained and evaluated by the same recipes and evaluation grid as
 the pipeline's stages (ssl_pipeline/recipes.py -> ssl_core/recipes.py, ssl_core/evaluation/grid.py).
@@ -25,8 +27,9 @@ from ssl_core.data.cache import SPLITS, Split, load_fractions, load_meta, load_s
 from ssl_core.evaluation.grid import EvalData, fit_rows, knn_rows, scratch_encoder
 from ssl_core.evaluation.protocols import effective_rank, extract_features
 from ssl_core.methods import get_method_class
+from ssl_core.models.init import init_backbone
 from ssl_core.models.spec import build_encoder
-from ssl_core.recipes import PretrainData, build_method, epoch_metrics, pretrain_method
+from ssl_core.recipes import PretrainData, build_method, check_init, epoch_metrics, pretrain_method
 from ssl_core.training.checkpoint import Checkpointer
 from ssl_core.training.runtime import setup_torch
 from ssl_pipeline.comparison.results import (load_finished, log_rows, result_fingerprint, reuse_finished,
@@ -37,9 +40,12 @@ from ssl_pipeline.outputs import COMPARE_CHECKPOINT_DIR
 from ssl_pipeline.progress import log
 from ssl_pipeline.recipes import checkpoint_fingerprint, encoder_spec, finetune_recipe, pretrain_recipe
 from ssl_pipeline.tracking import runs as tracking
+from ssl_pipeline.ingest.weights import InitSource, is_none
 from ssl_pipeline.tracking.datasets import dataset_infos
+from ssl_pipeline.tracking.init_weights import log_init, resolve_init
 
 BASELINES = ("random", "scratch")
+INIT_BASELINE = "init"
 OK = "ok"
 Note = Callable[[str], None]
 
@@ -102,14 +108,24 @@ def params_for(params: Params, method: str) -> Params:
     return validate(raw)
 
 
+def baselines(params: Params) -> tuple[str, ...]:
+    """The baselines of this comparison: `init` first when pretrain.init is set, then random and scratch."""
+    return ((INIT_BASELINE,) if not is_none(params.pretrain.init) else ()) + BASELINES
+
+
 def plan(params: Params, meta: dict) -> list[Entry]:
-    """Every listed method with its backbone; colour-only methods are skipped on grayscale data."""
+    """Every listed method with its backbone; colour-only methods are skipped on grayscale data, and
+    with pretrain.init, methods on another backbone than the weights'."""
     entries = []
     for name in params.compare.method_list():
         reason = None
+        backbone = compare_backbone(params, name)
         if get_method_class(name).requires_color and meta["channels"] != 3:
             reason = f"skipped: needs colour images (the prepared data has {meta['channels']} channel)"
-        entries.append(Entry(name, compare_backbone(params, name), reason))
+        elif not is_none(params.pretrain.init) and backbone != params.pretrain.backbone:
+            reason = (f"skipped: pretrain.init holds {params.pretrain.backbone} weights and {name} trains "
+                      f"{backbone} (compare.backbones)")
+        entries.append(Entry(name, backbone, reason))
     return entries
 
 
@@ -169,17 +185,20 @@ def run_method(params: Params, root: Path, method: str, note: Note = log.info) -
     A method an interrupted comparison already finished, with the same params and data, is not redone."""
     mp = params_for(params, method)
     data = load_data(mp, root)
-    fingerprint = result_fingerprint(mp, root, data.meta, method)
+    init = resolve_init(mp.pretrain.init, root)
+    fingerprint = result_fingerprint(mp, root, data.meta, method, init=init)
     with tracking.stage_run(f"compare-{method}", mp, data.infos, root) as run:
         mlflow.set_tags({"compare.method": method, "compare.backbone": mp.pretrain.backbone})
         finished = load_finished(root, method, fingerprint)
         if finished is not None:
             return reuse_finished(method, finished, note)
         device = setup_torch(mp.pretrain.device)
-        checkpointer = Checkpointer(root / COMPARE_CHECKPOINT_DIR / method, checkpoint_fingerprint(mp, root, data.meta),
+        checkpointer = Checkpointer(root / COMPARE_CHECKPOINT_DIR / method,
+                                    checkpoint_fingerprint(mp, root, data.meta, init and init.sha256),
                                     every_steps=mp.pretrain.checkpoint_every)
         with recipe_errors_as_stage_errors():
-            encoder, seconds, rank = pretrain_for_comparison(mp, data, device, checkpointer, run.info.run_id, note)
+            encoder, seconds, rank = pretrain_for_comparison(mp, data, device, checkpointer, run.info.run_id, note,
+                                                             init)
         mlflow.log_metrics({"pretrain_seconds": seconds, "feature_rank": rank})
         recipe = finetune_recipe(mp)
         rows = knn_rows(method, encoder.to(device), data.for_eval(), mp.evaluate.knn_k, device, init="ssl")
@@ -196,10 +215,12 @@ def _prefixed(note: Note) -> Note:
 
 
 def pretrain_for_comparison(mp: Params, data: Data, device: torch.device, checkpointer: Checkpointer, run_id: str,
-                            note: Note) -> tuple[torch.nn.Module, float, float]:
-    """The pretrain stage's recipe, kNN monitor and per-epoch MLflow metrics.
-    Returns (encoder, seconds, the val features' effective rank after the last epoch)."""
-    recipe = pretrain_recipe(mp, data.meta)
+                            note: Note, init: InitSource | None = None) -> tuple[torch.nn.Module, float, float]:
+    """The pretrain stage's recipe (from `init`'s weights when given), kNN monitor and per-epoch MLflow
+    metrics. Returns (encoder, seconds, the val features' effective rank after the last epoch)."""
+    recipe = pretrain_recipe(mp, data.meta, init.path if init else "")
+    if init is not None:
+        log_init(init, check_init(recipe, init.source).notes)
     resume = checkpointer.resume_info()
     tracking.link_resumed_run(resume and resume.get("run_id"), resume["global_step"] if resume else 0)
     for done in (resume["history"] if resume else []):   # the failed attempt's epochs: the whole curve here
@@ -225,10 +246,18 @@ def finish_rows(rows: list[dict], backbone: str, seconds: float, feature_rank: f
 
 
 def baseline_rows(params: Params, kind: str, backbone: str, data: Data, device: torch.device,
-                  note: Note) -> tuple[list[dict], float | None]:
-    """One architecture's baseline rows and (for `random`) its features' effective rank."""
+                  note: Note, init: InitSource | None = None) -> tuple[list[dict], float | None]:
+    """One architecture's baseline rows and (for `random` and `init`) its features' effective rank."""
     spec = dataclasses.replace(encoder_spec(params, data.meta), backbone=backbone, method=kind)
     recipe = finetune_recipe(params)
+    if kind == INIT_BASELINE:   # the weights as they are: every protocol, like a method's encoder
+        encoder = build_encoder(spec)
+        init_backbone(encoder, init.path)
+        encoder = encoder.to(device)
+        rows = knn_rows(kind, encoder, data.for_eval(), params.evaluate.knn_k, device, init="init")
+        rows += fit_rows(recipe, kind, list(recipe.protocols), lambda seed: encoder, data.for_eval(), device,
+                         _prefixed(note))
+        return rows, effective_rank(extract_features(encoder, data.val.images, device))
     if kind == "random":
         torch.manual_seed(params.seed)   # the evaluate stage's random encoder
         encoder = build_encoder(spec).to(device)
@@ -242,11 +271,15 @@ def baseline_rows(params: Params, kind: str, backbone: str, data: Data, device: 
 
 def run_baseline(params: Params, root: Path, kind: str, backbones: list[str], note: Note = log.info) -> list[dict]:
     """`random`: kNN + linear probe on a randomly initialised encoder; `scratch`: the encoder trained
-    from random init on the labels with finetune's budget. One per backbone, one child run."""
-    if kind not in BASELINES:
-        raise ValueError(f"unknown baseline {kind!r}; allowed: {', '.join(BASELINES)}")
+    from random init on the labels with finetune's budget; `init`: pretrain.init's weights without SSL
+    (every protocol, on pretrain.backbone only). One per backbone, one child run."""
+    if kind not in baselines(params):
+        raise ValueError(f"unknown baseline {kind!r}; allowed: {', '.join(baselines(params))}")
     data = load_data(params, root)
-    fingerprint = result_fingerprint(params, root, data.meta, kind, backbones)
+    init = resolve_init(params.pretrain.init, root)
+    if kind == INIT_BASELINE:
+        backbones = [params.pretrain.backbone]
+    fingerprint = result_fingerprint(params, root, data.meta, kind, backbones, init)
     rows: list[dict] = []
     with tracking.stage_run(f"compare-{kind}", params, data.infos, root) as run:
         mlflow.set_tags({"compare.method": kind, "compare.backbone": ",".join(backbones)})
@@ -254,8 +287,10 @@ def run_baseline(params: Params, root: Path, kind: str, backbones: list[str], no
         if finished is not None:
             return reuse_finished(kind, finished, note)
         device = setup_torch(params.pretrain.device)
+        if kind == INIT_BASELINE:
+            log_init(init, check_init(pretrain_recipe(params, data.meta, init.path), init.source).notes)
         for backbone in backbones:
-            found, rank = baseline_rows(params, kind, backbone, data, device, note)
+            found, rank = baseline_rows(params, kind, backbone, data, device, note, init)
             rows += finish_rows(found, backbone, 0.0, rank)
         save_finished(root, kind, fingerprint, rows, run.info.run_id)
     return rows

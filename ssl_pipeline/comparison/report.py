@@ -13,11 +13,12 @@ MD_NAME = "method_comparison.md"
 COLUMNS = ["method", "backbone", "protocol", "label_fraction", "seed", "accuracy", "pretrain_seconds", "feature_rank",
            "status"]
 PROTOCOL_TITLES = {"knn": "kNN on frozen features", "linear": "linear probe", "finetune": "fine-tuning"}
-BASELINE_STYLE = {"random": ("tab:gray", ":"), "scratch": ("black", "--")}
+BASELINE_STYLE = {"init": ("tab:brown", "-."), "random": ("tab:gray", ":"), "scratch": ("black", "--")}
 
 
 def build_table(rows: list[dict], order: list[str]) -> pd.DataFrame:
-    """Rows in plan order (methods, then random, scratch), each sorted by protocol, fraction, seed."""
+    """Rows in plan order (methods, then the baselines: init when set, random, scratch), each sorted by
+    protocol, fraction, seed."""
     table = pd.DataFrame(rows, columns=COLUMNS)
     rank = {m: i for i, m in enumerate(order)}
     table["_rank"] = table["method"].map(lambda m: rank.get(m, len(rank)))

@@ -12,16 +12,19 @@ import mlflow
 
 from ssl_core.fsutil import atomic_write_bytes
 from ssl_pipeline.config.schema import Params
+from ssl_pipeline.ingest.weights import InitSource
 from ssl_pipeline.outputs import COMPARE_CHECKPOINT_DIR
 from ssl_pipeline.recipes import checkpoint_fingerprint
 
 RESULT_NAME = "result.json"
 
 
-def result_fingerprint(params: Params, root: Path, meta: dict, name: str, backbones: list[str] = ()) -> str:
-    """What a method's (or baseline's) rows depend on: the training params and data (as for its
-    checkpoint), the evaluation settings, and for a baseline its architectures."""
-    body = json.dumps({"name": name, "training": checkpoint_fingerprint(params, root, meta), "backbones": list(backbones),
+def result_fingerprint(params: Params, root: Path, meta: dict, name: str, backbones: list[str] = (),
+                       init: InitSource | None = None) -> str:
+    """What a method's (or baseline's) rows depend on: the training params, data and starting weights
+    (as for its checkpoint), the evaluation settings, and for a baseline its architectures."""
+    body = json.dumps({"name": name, "training": checkpoint_fingerprint(params, root, meta, init and init.sha256),
+                       "backbones": list(backbones),
                        "finetune": params.finetune.model_dump(mode="json"),
                        "evaluate": params.evaluate.model_dump(mode="json")}, sort_keys=True)
     return hashlib.sha256(body.encode()).hexdigest()

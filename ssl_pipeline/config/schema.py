@@ -100,6 +100,7 @@ class PretrainParams(_Section):
     lr: float = Field(0.002, gt=0, le=MAX_LR)
     weight_decay: float = Field(1e-4, ge=0, le=MAX_WEIGHT_DECAY)
     warmup_epochs: int = Field(2, ge=0, le=MAX_STEPS)
+    init: str = Field("none", min_length=1)   # none | state_dict file | MLflow model URI | torchvision:<weights name>
     method_params: dict[str, Any] = Field(default_factory=dict)
     augment: dict[str, Any] = Field(default_factory=lambda: {"hflip_p": 0.0})   # digits are not mirror-symmetric
     knn_k: int = Field(20, ge=1, le=MAX_KNN_K)
@@ -118,6 +119,14 @@ class PretrainParams(_Section):
     rdzv_endpoint: str = ""          # HOST:PORT of the c10d rendezvous; "" = standalone (one node)
     _endpoint_ok = field_validator("rdzv_endpoint")(_matches(HOST_PORT, "HOST:PORT (port 1-65535) or \"\""))
     sync_batchnorm: bool = False     # BatchNorm statistics over the global batch (CUDA only)
+
+    @field_validator("init")
+    @classmethod
+    def _init_source(cls, value: str) -> str:
+        if value.strip().rstrip("/") in ("torchvision:", "models:", "runs:"):
+            raise ValueError(f"pretrain.init: {value!r} names no weights; e.g. torchvision:ResNet18_Weights.IMAGENET1K_V1 "
+                             "or models:/ssl-encoder@champion")
+        return value.strip()
 
     @model_validator(mode="after")
     def _distributed_layout(self) -> "PretrainParams":

@@ -1,6 +1,9 @@
-"""pretrain: self-supervised pretraining of the encoder on the unlabeled pool.
+"""pretrain: self-supervised pretraining of the encoder on the unlabeled pool, from random init or
+from existing weights (pretrain.init: resolved before any work, recorded in MLflow and encoder.json).
 
-Outputs: models/encoder.pt (backbone state_dict), models/encoder.json (architecture), metrics/pretrain.json, plots/pretrain.csv (per-epoch loss and kNN monitor accuracy).
+Outputs: models/encoder.pt (backbone state_dict), models/encoder.json (architecture, MLflow model
+URI, the init's source and SHA-256), metrics/pretrain.json, plots/pretrain.csv (per-epoch loss and
+kNN monitor accuracy).
 """
 from __future__ import annotations
 
@@ -12,8 +15,8 @@ import torch
 from ssl_core.data.cache import load_meta
 from ssl_core.fsutil import atomic_torch_save, write_json
 from ssl_core.models.spec import EncoderSpec, build_encoder
-from ssl_core.recipes import (PretrainData, PretrainRecipe, build_method, check_method_fits_data, epoch_metrics,
-                              pretrain_method)
+from ssl_core.recipes import (PretrainData, PretrainRecipe, build_method, check_init, check_method_fits_data,
+                              epoch_metrics, pretrain_method)
 from ssl_core.training.checkpoint import Checkpointer
 from ssl_core.training.runtime import setup_torch
 from ssl_pipeline import outputs
@@ -23,6 +26,7 @@ from ssl_pipeline.progress import log
 from ssl_pipeline.recipes import checkpoint_fingerprint, pretrain_recipe
 from ssl_pipeline.tracking import runs as tracking
 from ssl_pipeline.tracking.datasets import dataset_infos
+from ssl_pipeline.tracking.init_weights import log_init, resolve_init
 from ssl_pipeline.tracking.models import log_torch_model, record_logged_model
 
 CURVE_COLUMNS = ["epoch", "loss", "knn_accuracy", "feature_rank"]
@@ -81,10 +85,16 @@ def run(params: Params, root: Path = Path(".")) -> dict:
         check_distributed(params, device)
     prepared = root / d.prepared_dir
     meta = load_meta(prepared)
-    recipe = pretrain_recipe(params, meta)
+    init = resolve_init(p.init, root)
+    recipe = pretrain_recipe(params, meta, init.path if init else "")
     with recipe_errors_as_stage_errors():
         check_method_fits_data(recipe, f"data.channels: {params.data.channels}")
-    fingerprint = checkpoint_fingerprint(params, root, meta)
+        report = check_init(recipe, p.init)
+    if init is not None:
+        log.info("pretrain: the encoder starts from %s (%s, sha256 %s)", init.source, init.resolved, init.sha256[:12])
+        for note in report.notes:
+            log.info("pretrain: init: %s", note)
+    fingerprint = checkpoint_fingerprint(params, root, meta, init.sha256 if init else None)
     checkpointer = Checkpointer(root / outputs.PRETRAIN_CHECKPOINT_DIR, fingerprint, every_steps=p.checkpoint_every)
     # Tracking is checked (stage_run -> setup) before any training; the checkpoint is removed only
     # after every output is written and every log call succeeded, so any failure resumes, not retrains.
@@ -94,19 +104,22 @@ def run(params: Params, root: Path = Path(".")) -> dict:
         for done in (resume["history"] if resume else []):   # the crashed run's epochs: the whole curve here
             tracking.mlflow.log_metrics(epoch_metrics(done), step=done["epoch"])
         checkpointer.metadata = {"run_id": run.info.run_id}
+        if init is not None:
+            log_init(init, report.notes)
         with recipe_errors_as_stage_errors():
             if distributed:
                 backbone, history = train_distributed(params, recipe, root, checkpointer, fingerprint,
                                                       run.info.run_id)
             else:
                 backbone, history = train_here(recipe, prepared, meta, device, checkpointer)
-        metrics = write_outputs(root, recipe.encoder, backbone.cpu().eval(), history, run.info.run_id, p.epochs)
+        metrics = write_outputs(root, recipe.encoder, backbone.cpu().eval(), history, run.info.run_id, p.epochs,
+                                init.record() if init else None)
     checkpointer.clear()
     return metrics
 
 
 def write_outputs(root: Path, spec: EncoderSpec, backbone: torch.nn.Module, history: list[dict], run_id: str,
-                  epochs: int) -> dict:
+                  epochs: int, init: dict | None = None) -> dict:
     atomic_torch_save(backbone.state_dict(), root / outputs.ENCODER_PT)
     final = history[-1] if history else {}
     # Only what the same data, params, code and thread count reproduce: DVC hashes these files into
@@ -116,7 +129,7 @@ def write_outputs(root: Path, spec: EncoderSpec, backbone: torch.nn.Module, hist
     tracking.mlflow.log_metric("pretrain_seconds", sum(h["seconds"] for h in history))
     example = torch.rand(2, spec.in_channels, spec.image_size, spec.image_size)
     model_uri = log_torch_model(backbone, example, name="encoder")
-    write_json(root / outputs.ENCODER_JSON, spec.to_dict())
+    write_json(root / outputs.ENCODER_JSON, {**spec.to_dict(), "init": init})
     record_logged_model(root, root / outputs.ENCODER_PT, run_id, model_uri)
     write_json(root / outputs.PRETRAIN_METRICS_JSON, metrics)
     curve = [{k: h.get(k) for k in CURVE_COLUMNS} for h in history]

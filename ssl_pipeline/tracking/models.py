@@ -4,11 +4,14 @@
 module, so loading a model from the registry never unpickles arbitrary code. The trade-off: the
 logged model is a traced graph (fixed architecture, no Python-side edits after loading), and
 export needs a model without data-dependent Python control flow - true for our encoders/classifiers.
+Beside the program, the model folder holds the plain state_dict (extra_files/state_dict.pt, read
+with weights_only=True), so training can start from a registered model (pretrain.init).
 """
 from __future__ import annotations
 
 import hashlib
 import json
+import tempfile
 from pathlib import Path
 
 import mlflow
@@ -17,6 +20,9 @@ from mlflow.models import infer_signature
 
 from ssl_core.fsutil import atomic_write_bytes, exclusive_lock
 from ssl_pipeline.outputs import LOGGED_MODELS_JSON
+
+WEIGHTS_FILE = "state_dict.pt"                      # the plain state_dict beside the pt2 program
+WEIGHTS_IN_MODEL = f"extra_files/{WEIGHTS_FILE}"    # where MLflow puts it inside the model folder
 
 
 def log_torch_model(model: torch.nn.Module, example: torch.Tensor, name: str, metadata: dict | None = None) -> str:
@@ -27,9 +33,13 @@ def log_torch_model(model: torch.nn.Module, example: torch.Tensor, name: str, me
     with torch.no_grad():
         output = model(example)
     signature = infer_signature(example.numpy(), output.numpy())
-    info = mlflow.pytorch.log_model(model, name=name, signature=signature, input_example=example.numpy(),
-                                    export_model=True, serialization_format="pt2", metadata=metadata,
-                                    pip_requirements=[f"torch=={torch.__version__.split('+')[0]}"])
+    with tempfile.TemporaryDirectory() as tmp:
+        weights = Path(tmp) / WEIGHTS_FILE
+        torch.save(model.state_dict(), weights)
+        info = mlflow.pytorch.log_model(model, name=name, signature=signature, input_example=example.numpy(),
+                                        export_model=True, serialization_format="pt2", metadata=metadata,
+                                        extra_files=[str(weights)],
+                                        pip_requirements=[f"torch=={torch.__version__.split('+')[0]}"])
     return info.model_uri
 
 

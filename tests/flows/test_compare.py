@@ -161,6 +161,41 @@ def test_grayscale_skips_colour_method_and_reports_a_failing_one(gray_run):
     assert parent.data.tags["compare.failed"] == "rotation"
 
 
+@pytest.mark.slow
+def test_init_weights_add_an_init_row_and_every_method_starts_from_them(workspace, colour_run):
+    """pretrain.init in the comparison: "weights + SSL" rows for the methods on the weights' backbone,
+    an `init` row ("weights, no SSL", every protocol), random and scratch below; mae (vit_tiny) cannot
+    start from ResNet weights and is skipped with the reason."""
+    import torch
+
+    from ssl_core.data.cache import load_meta
+    from ssl_core.fsutil import file_sha256
+    from ssl_core.models.spec import build_encoder
+    from ssl_pipeline.recipes import encoder_spec
+
+    root, uri = workspace
+    params = load_params(root / "params.yaml")
+    torch.manual_seed(5)
+    (root / "weights").mkdir(exist_ok=True)
+    torch.save(build_encoder(encoder_spec(params, load_meta(root / "data/prepared"))).state_dict(),
+               root / "weights/start.pt")
+    result = _run_flow(root, ["simclr", "mae"], ["pretrain.init=weights/start.pt", "data.label_fractions=[1.0]"])
+    table = pd.read_csv(root / "reports/method_comparison.csv")
+    assert list(dict.fromkeys(table.method)) == ["simclr", "mae", "init", "random", "scratch"]
+    init_rows = table[table.method == "init"]
+    assert set(init_rows.protocol) == {"knn", "linear", "finetune"} and (init_rows.backbone == "resnet_narrow").all()
+    assert table[table.method == "mae"].status.iloc[0] == ("skipped: pretrain.init holds resnet_narrow weights and "
+                                                           "mae trains vit_tiny (compare.backbones)")
+    assert result["skipped"] == ["mae"] and set(table.backbone[table.status == "ok"]) == {"resnet_narrow"}
+    client = MlflowClient(uri)
+    parent = client.get_run(result["parent_run_id"])
+    children = client.search_runs([parent.info.experiment_id], f"tags.mlflow.parentRunId = '{parent.info.run_id}'")
+    by_name = {r.info.run_name: r for r in children}
+    for name in ("compare-simclr", "compare-init"):
+        assert by_name[name].data.tags["init.sha256"] == file_sha256(root / "weights/start.pt")
+    assert "init.sha256" not in by_name["compare-random"].data.tags
+
+
 HANG_DETECTOR_S = 600   # not a speed limit: only ends a test whose process would never get there
 
 

@@ -139,3 +139,27 @@ def test_a_code_change_makes_dvc_report_the_stages_that_run_it(first_run, tmp_pa
     changed = set(json.loads(status.stdout or "{}")) - changed_before
     expected = {"prepare", "pretrain", "finetune", "evaluate"} if edited.startswith("ssl_core") else {"evaluate"}
     assert changed == expected, status.stdout
+
+
+def test_a_run_from_the_champion_encoder_as_the_readme_shows_it(first_run, tmp_path):
+    """`ssl-pipeline run --set pretrain.init=models:/ssl-encoder@champion` (a real process): pretrain
+    reruns from the registered encoder, pinned to its version, and DVC records the param."""
+    import os
+
+    root, uri, _, _ = first_run
+    client = MlflowClient(uri)
+    champion = client.get_model_version_by_alias("ssl-encoder", "champion").version
+    env = {**os.environ, "MLFLOW_TRACKING_URI": uri, "PREFECT_HOME": str(tmp_path / "prefect")}
+    env.pop("PREFECT_API_URL", None)
+    done = subprocess.run([sys.executable, "-m", "ssl_pipeline", "run", "--set",
+                           "pretrain.init=models:/ssl-encoder@champion"],
+                          cwd=root, env=env, capture_output=True, text=True, timeout=1800)
+    assert done.returncode == 0, done.stderr[-3000:]
+    record = json.loads((root / "models/encoder.json").read_text())["init"]
+    assert record["source"] == "models:/ssl-encoder@champion" and record["resolved"] == f"models:/ssl-encoder/{champion}"
+    runs = client.search_runs([client.get_experiment_by_name("ssl-pipeline").experiment_id],
+                              "tags.stage = 'pretrain'", order_by=["attributes.start_time DESC"])
+    assert runs[0].data.tags["init.resolved"] == f"models:/ssl-encoder/{champion}"
+    assert runs[0].data.tags["init.sha256"] == record["sha256"]
+    lock = yaml.safe_load((root / "dvc.lock").read_text())
+    assert lock["stages"]["pretrain"]["params"]["params.yaml"]["pretrain"]["init"] == "models:/ssl-encoder@champion"

@@ -35,13 +35,13 @@ TINY_PARAMS = {
 }
 
 
-def class_image(cls: int, rng: np.random.Generator, size: int, color: bool) -> np.ndarray:
-    """A learnable pattern per class (bars at a class-specific angle/position) plus noise."""
+def class_image(cls: int, rng: np.random.Generator, size: int, color: bool, noise: float = 20) -> np.ndarray:
+    """A learnable pattern per class (bars at a class-specific angle/position) plus Gaussian noise (std `noise`)."""
     yy, xx = np.mgrid[0:size, 0:size]
     angle = np.pi * cls / 4
     phase = rng.uniform(0, 2 * np.pi)
     wave = np.sin((np.cos(angle) * xx + np.sin(angle) * yy) * 0.9 + phase)
-    img = (wave > 0).astype(np.float32) * 180 + rng.normal(0, 20, (size, size)) + 30
+    img = (wave > 0).astype(np.float32) * 180 + rng.normal(0, noise, (size, size)) + 30
     img = np.clip(img, 0, 255).astype(np.uint8)
     if color:
         tint = np.array([[1.0, 0.4, 0.2], [0.2, 1.0, 0.4], [0.3, 0.3, 1.0], [1.0, 1.0, 0.2]])[cls % 4]
@@ -50,7 +50,7 @@ def class_image(cls: int, rng: np.random.Generator, size: int, color: bool) -> n
 
 
 def write_tiny_images(raw_dir: Path, classes: int = 3, train_per_class: int = 24, test_per_class: int = 8,
-                      size: int = 16, color: bool = False, seed: int = 0) -> None:
+                      size: int = 16, color: bool = False, seed: int = 0, noise: float = 20) -> None:
     rng = np.random.default_rng(seed)
     n = 0
     for split, per_class in (("train", train_per_class), ("test", test_per_class)):
@@ -58,7 +58,7 @@ def write_tiny_images(raw_dir: Path, classes: int = 3, train_per_class: int = 24
             folder = raw_dir / "labeled" / split / f"class{c}"
             folder.mkdir(parents=True, exist_ok=True)
             for i in range(per_class):
-                image = class_image(c, rng, size, color)
+                image = class_image(c, rng, size, color, noise)
                 Image.fromarray(image).save(folder / f"{i:04d}.png")
                 if split == "train":
                     (raw_dir / "unlabeled").mkdir(parents=True, exist_ok=True)
