@@ -126,12 +126,47 @@ class FlowParams(_Section):
     retry_delay_seconds: list[int] = Field(default_factory=lambda: [10, 60], min_length=1)
 
 
+START_FROM_PATTERN = r"^(|models:/[^/@]+/[0-9]+|runs:/[^/]+/[^/]+)$"
+
+
 class RetrainParams(_Section):
     margin: float = Field(0.005, ge=-1, le=1)   # challenger must beat the champion by this much (<0: may be worse)
     cron: str = Field("0 3 * * *", min_length=9)  # `ssl-pipeline serve` schedule (nightly)
     timezone: str = "UTC"
     deployment_name: str = Field("nightly-retrain", min_length=1)
     concurrency_tag: str = Field("ssl-retrain", min_length=1)
+    # Warm start and the drift gate (flows/retrain.py, ssl_pipeline/retraining/plan.py)
+    warm_start: bool = False
+    warm_epochs: int = Field(10, ge=1)
+    warm_warmup_epochs: int = Field(1, ge=0)
+    drift_policy: Literal["always", "gate"] = "always"
+    drift_threshold: float = Field(0.02, ge=0, le=2)
+    drift_alpha: float = Field(0.01, gt=0, le=1)
+    drift_sample: int = Field(1000, ge=10)
+    drift_permutations: int = Field(500, ge=19)
+    # What the pretrain stage starts from; `retrain` sets these for one run (a user may too)
+    start_from: str = ""
+    start_mode: Literal["train", "reuse"] = "train"
+
+    @field_validator("start_from")
+    @classmethod
+    def _a_fixed_version(cls, value: str) -> str:
+        import re
+
+        if not re.match(START_FROM_PATTERN, value):
+            raise ValueError(f"expected \"\" or models:/NAME/VERSION (a version number, not an alias, so a rerun "
+                             f"starts from the same weights) or runs:/RUN_ID/encoder, got {value!r}")
+        return value
+
+    @model_validator(mode="after")
+    def _reuse_needs_a_start(self) -> "RetrainParams":
+        if self.start_mode == "reuse" and not self.start_from:
+            raise ValueError("retrain.start_mode: reuse keeps the encoder of retrain.start_from, which is empty; "
+                             "set retrain.start_from to models:/NAME/VERSION or start_mode to train")
+        if self.warm_warmup_epochs >= self.warm_epochs and self.warm_warmup_epochs:
+            raise ValueError(f"retrain.warm_warmup_epochs: {self.warm_warmup_epochs} must be below "
+                             f"retrain.warm_epochs ({self.warm_epochs}), or the schedule never decays")
+        return self
 
 
 ALL_METHODS = "all"

@@ -12,9 +12,10 @@ import torch
 
 from ssl_core.data.cache import load_meta
 from ssl_core.fsutil import atomic_torch_save, write_json
-from ssl_core.models.spec import EncoderSpec, build_encoder
+from ssl_core.models.spec import EncoderSpec
 from ssl_core.recipes import (PretrainData, PretrainRecipe, build_method, check_method_fits_data, epoch_metrics,
                               pretrain_method)
+from ssl_core.recipes.warm_start import saved_method, state_digest, warm_start
 from ssl_core.training.checkpoint import Checkpointer
 from ssl_core.training.runtime import setup_torch
 from ssl_pipeline import outputs
@@ -22,6 +23,7 @@ from ssl_pipeline.config.schema import Params
 from ssl_pipeline.errors import StageError, recipe_errors_as_stage_errors
 from ssl_pipeline.progress import log
 from ssl_pipeline.recipes import checkpoint_fingerprint, pretrain_recipe
+from ssl_pipeline.tracking import encoders
 from ssl_pipeline.tracking import runs as tracking
 from ssl_pipeline.tracking.datasets import dataset_infos
 from ssl_pipeline.tracking.models import log_torch_model
@@ -40,7 +42,7 @@ def check_distributed(params: Params, device: torch.device) -> None:
 
 
 def train_distributed(params: Params, recipe: PretrainRecipe, root: Path, checkpointer: Checkpointer,
-                      fingerprint: str, run_id: str) -> tuple[torch.nn.Module, list[dict]]:
+                      fingerprint: str, run_id: str, start: dict | None) -> tuple[dict, list[dict]]:
     """Every rank through torchrun; rank 0's epochs are logged into this stage's run."""
     from ssl_core.training.launch import RankFailed
     from ssl_core.recipes.distributed import Job, launch
@@ -51,27 +53,63 @@ def train_distributed(params: Params, recipe: PretrainRecipe, root: Path, checkp
               checkpoint_every=p.checkpoint_every, metadata=dict(checkpointer.metadata),
               rdzv_id=f"ssl-pipeline-{run_id[:12]}")
     try:
-        weights, history = launch(recipe, job, p.nproc_per_node, p.nnodes, p.rdzv_endpoint,
-                                  on_line=lambda line: log.info("pretrain: %s", line),
-                                  # called from the launcher's reader thread: name the run explicitly
-                                  on_epoch=lambda e, m: tracking.mlflow.log_metrics(epoch_metrics(m), step=e,
-                                                                                    run_id=run_id))
+        result = launch(recipe, job, p.nproc_per_node, p.nnodes, p.rdzv_endpoint,
+                        on_line=lambda line: log.info("pretrain: %s", line),
+                        # called from the launcher's reader thread: name the run explicitly
+                        on_epoch=lambda e, m: tracking.mlflow.log_metrics(epoch_metrics(m), step=e, run_id=run_id),
+                        warm=start)
     except RankFailed as err:
         raise StageError(f"pretrain: {err}") from err
-    backbone = build_encoder(recipe.encoder)
-    backbone.load_state_dict(weights)
-    return backbone, history
+    return result["method"], result["history"]
 
 
 def train_here(recipe: PretrainRecipe, prepared: Path, meta: dict, device: torch.device,
-               checkpointer: Checkpointer) -> tuple[torch.nn.Module, list[dict]]:
+               checkpointer: Checkpointer, start: dict | None) -> tuple[dict, list[dict]]:
     data = PretrainData.load(prepared, meta["num_classes"])
-    method, history = pretrain_method(recipe, build_method(recipe), data, device, checkpointer,
+    method = build_method(recipe)
+    if start is not None:
+        record_warm_start(method, start)
+    method, history = pretrain_method(recipe, method, data, device, checkpointer,
                                       on_epoch=lambda e, m: tracking.mlflow.log_metrics(epoch_metrics(m), step=e),
                                       say_epoch=lambda line: log.info("pretrain: %s", line),
                                       say_step=lambda line: log.info("pretrain: %s", line))
-    return method.backbone, history
+    return method.cpu().state_dict(), history
 
+
+def record_warm_start(method, start: dict) -> None:
+    """Load what fits of the start (ssl_core.recipes.warm_start) into the freshly built method; say and tag
+    what was loaded, and the encoder's digest before the first step (a resumed run restores its checkpoint
+    afterwards, so it continues where it stopped)."""
+    report = warm_start(method, start)
+    log.info("pretrain: warm start from %s: %s", start["source"], report.reason)
+    tracking.mlflow.set_tags({"warm_start.loaded": report.loaded, "warm_start.reason": report.reason[:500],
+                              "warm_start.encoder_sha256_at_step_0": state_digest(method.backbone)})
+
+
+def load_start(params: Params) -> dict | None:
+    """retrain.start_from's saved method (None for a cold start), with its source; tagged on the run."""
+    r = params.retrain
+    if not r.start_from:
+        return None
+    saved, source = encoders.load_saved_method(r.start_from)
+    tags = {"warm_start.from": r.start_from, "warm_start.from_run_id": source.run_id, "warm_start.mode": r.start_mode}
+    if source.version is not None:
+        tags.update({"warm_start.from_model": source.name, "warm_start.from_version": str(source.version)})
+    tracking.mlflow.set_tags(tags)
+    return {**saved, "source": source.describe()}
+
+
+def reuse_start(recipe: PretrainRecipe, start: dict) -> tuple[dict, list[dict]]:
+    """start_mode reuse (the drift gate): the start's encoder as this run's, untrained. Its architecture
+    must be the one params.yaml asks for, or the classifiers would be built on the wrong network."""
+    method = build_method(recipe)
+    report = warm_start(method, start)
+    if report.loaded == "nothing":
+        raise StageError(f"retrain.start_mode: reuse cannot keep the encoder of {start['source']}: {report.reason}")
+    log.info("pretrain: reusing the encoder of %s without pretraining (%s)", start["source"], report.reason)
+    tracking.mlflow.set_tags({"warm_start.loaded": report.loaded, "warm_start.reason": "reused, not trained",
+                              "warm_start.encoder_sha256_at_step_0": state_digest(method.backbone)})
+    return method.state_dict(), []
 
 def run(params: Params, root: Path = Path(".")) -> dict:
     """Pretrain in this process, or (pretrain.nproc_per_node x nnodes > 1) on torchrun's ranks."""
@@ -95,13 +133,20 @@ def run(params: Params, root: Path = Path(".")) -> dict:
         for done in (resume["history"] if resume else []):   # the crashed run's epochs: the whole curve here
             tracking.mlflow.log_metrics(epoch_metrics(done), step=done["epoch"])
         checkpointer.metadata = {"run_id": run.info.run_id}
+        start = load_start(params)
         with recipe_errors_as_stage_errors():
-            if distributed:
-                backbone, history = train_distributed(params, recipe, root, checkpointer, fingerprint,
-                                                      run.info.run_id)
+            if start is not None and params.retrain.start_mode == "reuse":
+                state, history = reuse_start(recipe, start)
+            elif distributed:
+                state, history = train_distributed(params, recipe, root, checkpointer, fingerprint,
+                                                   run.info.run_id, start)
             else:
-                backbone, history = train_here(recipe, prepared, meta, device, checkpointer)
-        metrics = write_outputs(root, recipe.encoder, backbone.cpu().eval(), history, run.info.run_id, p.epochs)
+                state, history = train_here(recipe, prepared, meta, device, checkpointer, start)
+        method = build_method(recipe)
+        method.load_state_dict(state)
+        encoders.log_method_state(saved_method(method, recipe.encoder))
+        epochs = 0 if start is not None and params.retrain.start_mode == "reuse" else p.epochs
+        metrics = write_outputs(root, recipe.encoder, method.backbone.cpu().eval(), history, run.info.run_id, epochs)
     checkpointer.clear()
     return metrics
 
