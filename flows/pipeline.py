@@ -21,7 +21,9 @@ from ssl_pipeline.versioning.workspace import require_data
 from ssl_pipeline.tracking.registry import register_pipeline_models
 from ssl_pipeline.stages import STAGE_NAMES
 from ssl_pipeline.versioning.repro import repro_stage
+from ssl_pipeline.reports.model_card import publish_cards
 from ssl_pipeline.reports.summary import label_efficiency_markdown
+from ssl_pipeline.retraining.plan import pretrain_digest as recipe_digest
 
 
 @task(name="check-data")
@@ -38,8 +40,13 @@ def run_stage(stage: str, root: Path, env: dict[str, str]) -> bool:
 
 
 @task(name="register-models")
-def register_models(params: Params, root: Path) -> dict:
-    return register_pipeline_models(params, root)
+def register_models(params: Params, root: Path, digest: str) -> dict:
+    """Register both models, then publish their model card."""
+    registered = register_pipeline_models(params, root, pretrain_digest=digest)
+    publish_cards(params, root, registered["classifier_version"], registered["encoder_version"])
+    if registered["champion_reason"]:
+        get_run_logger().warning("champion: v%s (%s)", registered["classifier_version"], registered["champion_reason"])
+    return registered
 
 
 @task(name="publish-report")
@@ -52,7 +59,9 @@ def publish_report(root: Path) -> str:
 
 
 @flow(name="ssl-pipeline", log_prints=True)
-def pipeline(root: str = ".", params_file: str = "params.yaml") -> dict:
+def pipeline(root: str = ".", params_file: str = "params.yaml", pretrain_digest: str = "") -> dict:
+    """pretrain_digest: what the registered versions record as their pretraining recipe (retrain passes
+    the one of its params before a warm start's overrides; default: these params')."""
     root_path = Path(root).resolve()
     params = load_params(root_path / params_file)
     check_data(params, root_path)
@@ -68,7 +77,7 @@ def pipeline(root: str = ".", params_file: str = "params.yaml") -> dict:
             task_ = run_stage.with_options(name=f"stage-{stage}", retries=params.flow.retries,
                                            retry_delay_seconds=params.flow.retry_delay_seconds)
             ran[stage] = task_(stage, root_path, env)
-        registered = register_models(params, root_path)
+        registered = register_models(params, root_path, pretrain_digest or recipe_digest(params))
         markdown = publish_report(root_path)
         mlflow.set_tags({f"stage.{s}": ("ran" if r else "unchanged") for s, r in ran.items()})
         mlflow.log_text(markdown, "reports/label_efficiency.md")

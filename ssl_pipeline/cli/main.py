@@ -83,6 +83,14 @@ def _hint(err: Exception) -> str:
         return "fix params.yaml (see `ssl-pipeline config` for every key) or the --set value"
     if isinstance(err, MissingDataError):
         return "`dvc pull` fetches tracked data; `ssl-pipeline data demo` writes the demo set"
+    from ssl_pipeline.serving.embeddings import BadInput
+    from ssl_pipeline.serving.predict import Unfeedable
+    from ssl_pipeline.tracking.encoders import ModelNotFound
+
+    if isinstance(err, ModelNotFound):
+        return "`ssl-pipeline ui` lists the registered versions; pass one with --model (or MODEL_URI)"
+    if isinstance(err, (BadInput, Unfeedable)):
+        return "the command's --help says what it takes"
     if isinstance(err, FileNotFoundError):
         return "run the earlier stages first (`ssl-pipeline run` or `dvc repro`)"
     return "rerun with --debug for the full traceback"

@@ -36,6 +36,10 @@ class EncoderSource:
     name: str = ""             # registered model name, when it is a registered version
     version: int | None = None
 
+    def fixed_uri(self) -> str:
+        """The same weights later, even after an alias moves: models:/NAME/VERSION, else what was given."""
+        return f"models:/{self.name}/{self.version}" if self.version is not None else self.uri
+
     def describe(self) -> str:
         return f"{self.name} v{self.version} ({self.uri})" if self.version is not None else self.uri
 
