@@ -131,3 +131,30 @@ def test_every_registered_version_carries_a_model_card(steps):
     assert encoder_card.startswith(f"# Model card: {ENC} v{version} (encoder of {CLF} v{version})")
     for v in range(1, version + 1):
         assert client.get_model_version(CLF, str(v)).description.startswith(f"# Model card: {CLF} v{v}")
+
+
+def test_the_readme_commands_run_as_written(steps):
+    """The README's block under "Nightly retraining that costs what changed", in a real process."""
+    import os
+    import re
+    import shlex
+    import subprocess
+    import sys
+
+    from prefect.settings import PREFECT_API_URL
+
+    from fixtures_repo import PROJECT_ROOT
+
+    text = (PROJECT_ROOT / "README.md").read_text().split("### Nightly retraining that costs what changed", 1)[1]
+    block = re.search(r"```bash\n(.*?)```", text, re.S)[1]
+    commands = [shlex.split(line, comments=True) for line in block.splitlines() if line.strip()]
+    assert [c[:2] for c in commands] == [["ssl-pipeline", "retrain"], ["ssl-pipeline", "card"]]
+    env = {**os.environ, "PREFECT_API_URL": PREFECT_API_URL.value()}
+    outs = []
+    for argv in commands:
+        done = subprocess.run([sys.executable, "-m", "ssl_pipeline", *argv[1:]], cwd=steps["root"], env=env,
+                              capture_output=True, text=True, timeout=900)
+        assert done.returncode == 0, done.stderr[-3000:]
+        outs.append(done.stdout)
+    assert "Drift vs champion encoder" in outs[0] and "decision:" in outs[0]
+    assert outs[1].startswith("# Model card: ssl-classifier v")

@@ -110,7 +110,8 @@ def test_similar_finds_the_image_itself_first(ws, capsys):
     code, out, err = run(capsys, "similar", str(image), "--k", "3", "--embeddings", "pool.parquet")
     rows = list(csv.DictReader(io.StringIO(out)))
     assert code == 0 and len(rows) == 3 and "encoder: ssl-encoder v1" in err
-    assert rows[0]["path"] == str(image) and float(rows[0]["similarity"]) == pytest.approx(1.0, abs=1e-5)
+    assert (root / rows[0]["path"]).resolve() == image.resolve()
+    assert float(rows[0]["similarity"]) == pytest.approx(1.0, abs=1e-5)
     assert float(rows[0]["similarity"]) >= float(rows[1]["similarity"]) >= float(rows[2]["similarity"])
 
 
@@ -170,6 +171,35 @@ def test_predict_names_the_version_and_checks_the_label_set(ws, capsys, tmp_path
         shutil.copytree(root / "data/raw/labeled/test/class1", other / name)
     code, _, err = run(capsys, "predict", str(other), "--labeled")
     assert code == 2 and "has class folder(s) cat that ssl-classifier v1 does not know" in err
+
+
+def readme_commands(section: str) -> list[list[str]]:
+    """The shell lines of the first bash block under the README heading `section`, comments dropped."""
+    import re
+    import shlex
+
+    from fixtures_repo import PROJECT_ROOT
+
+    text = (PROJECT_ROOT / "README.md").read_text().split(f"\n## {section}\n", 1)[1].split("\n## ", 1)[0]
+    block = re.search(r"```bash\n(.*?)```", text, re.S)[1]
+    return [shlex.split(line, comments=True) for line in block.splitlines() if line.strip()]
+
+
+def test_the_readme_embedding_commands_run_as_written(ws, capsys):
+    root = ws["root"]
+    (root / "photos").mkdir(exist_ok=True)
+    for i, src in enumerate(sorted((root / "data/raw/labeled/test/class2").glob("*.png"))[:6]):
+        Image.open(src).convert("RGB").save(root / "photos" / f"photo_{i}.jpg")
+    shutil.copy(root / "photos/photo_0.jpg", root / "photos/cat.jpg")
+    commands = readme_commands("Using the embeddings")
+    assert [c[:2] for c in commands] == [["ssl-pipeline", "embed"], ["ssl-pipeline", "similar"],
+                                         ["ssl-pipeline", "similar"], ["ssl-pipeline", "select"], ["ssl-pipeline", "select"]]
+    for argv in commands:
+        code, out, err = run(capsys, *argv[1:])
+        assert code == 0, (argv, err[-2000:])
+    assert (root / "embeddings.parquet").exists() and (root / "to_label.png").exists()
+    pairs = list(csv.reader(open(root / "duplicates.csv")))
+    assert pairs[0] == ["similarity", "path_a", "path_b"] and any("cat.jpg" in p[1] + p[2] for p in pairs[1:])
 
 
 def test_a_new_label_set_makes_its_version_champion_and_says_why(ws, capsys):
