@@ -202,6 +202,27 @@ def test_the_readme_embedding_commands_run_as_written(ws, capsys):
     assert pairs[0] == ["similarity", "path_a", "path_b"] and any("cat.jpg" in p[1] + p[2] for p in pairs[1:])
 
 
+def test_the_measurement_reports_run_on_the_workspace(ws, capsys):
+    root = ws["root"]
+    code, out, _ = run(capsys, "measure", "select", "--fraction", "0.1", "--seeds", "2", "--out", "m/select")
+    result = json.loads((root / "m/select/result.json").read_text())
+    budget = max(round(0.1 * result["train_images"]), 3)
+    assert code == 0 and result["budget"] == budget and len(result["rows"]) == 3 * 2 * 2   # strategies x seeds x protocols
+    assert {r["strategy"] for r in result["rows"]} == {"random", "kcenter", "kcenter by cluster"}
+    assert all(r["labels"] == budget and 0 <= r["accuracy"] <= 1 for r in result["rows"])
+    assert "| kcenter | linear |" in out
+    code, out, _ = run(capsys, "measure", "warm-start", "--set", "retrain.warm_epochs=1", "--set",
+                       "retrain.warm_warmup_epochs=0", "--out", "m/warm")
+    result = json.loads((root / "m/warm/result.json").read_text())
+    assert code == 0 and result["new_images"] == round(102 * 0.1 / 1.1)
+    rows = result["rows"]
+    assert rows["warm challenger"]["epochs"] == 1 and rows["cold challenger"]["epochs"] == 1
+    assert rows["cold challenger"]["images"] == rows["warm challenger"]["images"] == 102
+    assert rows["champion (before the new images)"]["images"] == 102 - result["new_images"]
+    assert all(r["cpu_s"] > 0 and 0 <= r["knn_test"] <= 1 for r in rows.values())
+    assert "warm - cold kNN" in out
+
+
 def test_a_new_label_set_makes_its_version_champion_and_says_why(ws, capsys):
     from workspace import write_tiny_images
     from ssl_pipeline.versioning import workspace as dvcops
@@ -221,8 +242,8 @@ def test_a_new_label_set_makes_its_version_champion_and_says_why(ws, capsys):
     out = capsys.readouterr().out
     assert result["registered"]["champion_set"] and result["registered"]["classifier_version"] == 2
     assert "champion: v2, because the champion v1 cannot be compared on this test split: its label set differs" in out
-    assert client.get_model_version_by_alias("ssl-classifier", "champion").version == "2"
-    assert client.get_model_version_by_alias("ssl-encoder", "champion").version == "2"
+    assert int(client.get_model_version_by_alias("ssl-classifier", "champion").version) == 2
+    assert int(client.get_model_version_by_alias("ssl-encoder", "champion").version) == 2
     tags = client.get_model_version("ssl-classifier", "2").tags
     assert json.loads(tags["classes"]) == ["ant", "bee", "cow", "dog"] and tags["channels"] == "1"
     assert tags["image_size"] == "16"
