@@ -4,12 +4,14 @@
   weights) against a warm one (ssl_core.recipes.warm_start from the "champion" trained on the pool
   before the new images, retrain.warm_epochs with its own warm-up + cosine): kNN test accuracy and
   pretraining time (wall and CPU seconds) of each;
+- drift: the drift gate's statistic (MMD^2, permutation p-value) through the workspace's encoder for
+  10 % more images of the same pool, and for the same images inverted (255 - pixel), against the rest;
 - selection: 1 % of the labeled train split chosen by k-center greedy on the encoder's embeddings
   (labels hidden) against 1 % chosen uniformly at random, 3 seeds each; a linear probe and a
   fine-tuned classifier on each choice, accuracy on the test split.
 
 Both train through the same recipes as the pipeline (ssl_pipeline/recipes.py) in this process;
-nothing is logged to MLflow. `ssl-pipeline measure warm-start|select` writes JSON and markdown.
+nothing is logged to MLflow. `ssl-pipeline measure warm-start|drift|select` writes JSON and markdown.
 """
 from __future__ import annotations
 
@@ -23,6 +25,7 @@ from typing import Callable
 import torch
 
 from ssl_core.data.cache import Split, load_meta, load_split
+from ssl_core.embeddings.drift import mmd_test
 from ssl_core.embeddings.files import embed_tensor
 from ssl_core.embeddings.select import balanced_by_cluster, kcenter_greedy, kmeans, random_choice
 from ssl_core.evaluation.grid import fit_cell
@@ -90,6 +93,37 @@ def warm_vs_cold(params: Params, root: Path, new_fraction: float = 0.1, note: No
             "warm_minus_cold_knn": round(w["knn_test"] - c["knn_test"], 4),
             "warm_share_of_cold_wall": round(w["wall_s"] / max(c["wall_s"], 1e-9), 3),
             "warm_share_of_cold_cpu": round(w["cpu_s"] / max(c["cpu_s"], 1e-9), 3)}
+
+
+def drift_examples(params: Params, root: Path, new_fraction: float = 0.1, note: Note = print) -> dict:
+    """The gate's two branches on this data: held-out pool images as they are, and inverted."""
+    r = params.retrain
+    prepared = Path(root) / params.data.prepared_dir
+    device = setup_torch(params.pretrain.device)
+    pool = load_split(prepared, "unlabeled")
+    encoder, _ = load_encoder(Path(root) / outputs.ENCODER_JSON, Path(root) / outputs.ENCODER_PT)
+    n_new = round(len(pool) * new_fraction / (1 + new_fraction))
+    order = torch.randperm(len(pool), generator=torch.Generator().manual_seed(params.seed))
+    new_idx, old_idx = order[:n_new][:r.drift_sample], order[n_new:][:r.drift_sample]
+    reference = torch.cat(list(embed_tensor(encoder, pool.images[old_idx.sort().values], device)))
+    rows = {}
+    for name, images in (("same distribution", pool.images[new_idx]), ("inverted", 255 - pool.images[new_idx])):
+        vectors = torch.cat(list(embed_tensor(encoder, images, device)))
+        result = mmd_test(reference, vectors, permutations=r.drift_permutations, seed=params.seed)
+        drifted = result.mmd2 >= r.drift_threshold and result.p_value < r.drift_alpha
+        rows[name] = {**result.as_dict(), "drifted": drifted}
+        note(f"{name}: MMD^2 {result.mmd2:.4f} p {result.p_value:.4f} -> {'drift' if drifted else 'no drift'}")
+    return {"new_images": n_new, "threshold": r.drift_threshold, "alpha": r.drift_alpha, "rows": rows}
+
+
+def drift_markdown(result: dict) -> str:
+    lines = [f"Drift gate on {result['new_images']} new images (threshold MMD^2 {result['threshold']:g}, "
+             f"alpha {result['alpha']:g}):", "",
+             "| new images | embedded (new / reference) | MMD^2 | p-value | gate |", "|---|---|---|---|---|"]
+    for name, r in result["rows"].items():
+        lines.append(f"| {name} | {r['n_current']} / {r['n_reference']} | {r['mmd2']:.4f} | {r['p_value']:.4f} | "
+                     f"{'drift: pretrain' if r['drifted'] else 'no drift: reuse the encoder'} |")
+    return "\n".join(lines)
 
 
 def selection_vs_random(params: Params, root: Path, fraction: float = 0.01, seeds: int = 3,

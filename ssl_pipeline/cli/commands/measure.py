@@ -1,4 +1,4 @@
-"""`ssl-pipeline measure warm-start|select`: the README's measured claims as reports on this workspace's
+"""`ssl-pipeline measure warm-start|drift|select`: the README's measured claims as reports on this workspace's
 prepared data (ssl_pipeline/comparison/measurements.py)."""
 from __future__ import annotations
 
@@ -17,6 +17,10 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
                         help="cold vs warm challenger after --new-fraction more images: kNN and pretraining time")
     w.add_argument("--new-fraction", type=float, default=0.1, help="new images as a share of the old pool (default 0.1)")
     w.add_argument("--out", default="reports/measure/warm-start", help="folder for result.json and report.md")
+    d = msub.add_parser("drift", parents=[common],
+                        help="the drift gate's statistic for --new-fraction more pool images, as they are and inverted")
+    d.add_argument("--new-fraction", type=float, default=0.1, help="new images as a share of the old pool (default 0.1)")
+    d.add_argument("--out", default="reports/measure/drift", help="folder for result.json and report.md")
     s = msub.add_parser("select", parents=[common],
                         help="labels chosen by k-center vs at random: linear probe and fine-tune test accuracy")
     s.add_argument("--fraction", type=float, default=0.01, help="share of the train split to label (default 0.01)")
@@ -36,6 +40,9 @@ def cmd_measure(args) -> int:
             raise ValueError(f"--new-fraction must be in (0, 1], got {args.new_fraction}")
         result = m.warm_vs_cold(params, Path("."), args.new_fraction, note)
         text = m.warm_markdown(result)
+    elif args.measure_command == "drift":
+        result = m.drift_examples(params, Path("."), args.new_fraction, note)
+        text = m.drift_markdown(result)
     else:
         if not 0 < args.fraction < 1 or args.seeds < 1:
             raise ValueError(f"--fraction must be in (0, 1) and --seeds at least 1, got {args.fraction}, {args.seeds}")
