@@ -129,7 +129,7 @@ def retrain(root: str = ".", params_file: str = "params.yaml", overrides: list[s
             chosen, drift = plan_pretraining(params, root_path, before and before["tags"])
             with overridden_params(path, chosen.overrides):   # warm start / reuse: this pipeline run only
                 result = pipeline(root=str(root_path), params_file=params_file,
-                                  pretrain_digest=plan.pretrain_digest(params))
+                                  pretrain_digest=plan.pretrain_digest(params), measure_drift=False)
             out = champion_vs_challenger(params, root_path, result["registered"], before, state)
             out.pipeline_run_id = result["parent_run_id"]
             out.plan = chosen.as_dict()

@@ -62,7 +62,7 @@ def _lineage(tags: dict[str, str]) -> str:
 
 def _drift(tags: dict[str, str]) -> str:
     if "drift.reason" not in tags:
-        return "not measured for this version (measured by `ssl-pipeline retrain` against the champion it challenges)"
+        return "none: there was no champion before this version"
     return f"vs champion encoder v{tags.get('drift.vs_encoder_version', '?')}: {tags['drift.reason']}"
 
 

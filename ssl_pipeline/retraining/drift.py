@@ -102,3 +102,14 @@ def measure(params: Params, root: Path, champion_tags: dict[str, str], champion_
                      f"(alpha {r.drift_alpha:g}); {len(new)} new image(s) vs the champion's {len(reference)}, "
                      f"{result.n_current} and {result.n_reference} embedded")
     return report
+
+
+def against_champion(params: Params, root: Path, champion_tags: dict[str, str], encoder_uri: str) -> DriftReport:
+    """measure() with the champion encoder loaded from the registry (models:/NAME/VERSION)."""
+    from ssl_pipeline.tracking.encoders import ModelNotFound, load_saved_method
+
+    try:
+        saved, source = load_saved_method(encoder_uri)
+    except ModelNotFound as err:
+        return DriftReport(False, None, f"drift not measured: {err}")
+    return measure(params, root, champion_tags, saved, source.version)

@@ -250,5 +250,8 @@ def test_a_new_label_set_makes_its_version_champion_and_says_why(ws, capsys):
     assert json.loads(tags["champion.previous_classes"]) == ["class0", "class1", "class2"]
     assert json.loads(tags["champion.new_classes"]) == ["ant", "bee", "cow", "dog"]
     assert client.get_model_version("ssl-classifier", "1").tags["champion.replaced_version"] == "1"
+    assert tags["drift.vs_encoder_version"] == "1" and tags["drift.measured"] == "True"   # `run` measures it too
+    card = client.get_model_version("ssl-classifier", "2").description
+    assert "## Drift vs its predecessor\n\nvs champion encoder v1: " in card and "Champion: the champion v1" in card
     code, _, err = run(capsys, "predict", "data/raw/labeled/test", "--labeled")
     assert code == 0 and "ssl-classifier v2" in err.splitlines()[0] and "4 classes: ant, bee, cow, dog" in err
