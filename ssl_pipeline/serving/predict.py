@@ -150,7 +150,7 @@ def registered_name(uri: str) -> str:
 def check_feedable(predictor: Predictor, target: Path, labeled: bool = False, convert_to_gray: bool = False) -> None:
     """Refuse, in one sentence, inputs this model cannot answer for: colour images for a grayscale model,
     or (labeled: one subfolder per class) class folders that are not among its classes."""
-    from ssl_core.data.images import detect_channels
+    from ssl_core.data.images import has_colour
     from ssl_core.data.listing import list_labeled
 
     target = Path(target)
@@ -164,7 +164,7 @@ def check_feedable(predictor: Predictor, target: Path, labeled: bool = False, co
             raise Unfeedable(f"{target} has class folder(s) {', '.join(unknown[:8])} that {who} does not know "
                              f"(its classes: {', '.join(predictor.classes[:12])}); use a model trained on this label set")
     paths = list_inputs(target)[1][:200]
-    if predictor.channels == 1 and not convert_to_gray and paths and detect_channels(paths) == 3:
+    if predictor.channels == 1 and not convert_to_gray and has_colour(paths):
         raise Unfeedable(f"{who} takes grayscale (1-channel) images and {target} holds colour images, which it would "
                          f"still sort into its {len(predictor.classes)} classes; use a model trained on colour images "
                          "(--model) or pass --convert-to-gray if grayscale versions are what you mean")
