@@ -19,7 +19,9 @@ from prefect.runtime import flow_run
 
 from flows.pipeline import pipeline
 from ssl_pipeline.tracking import registry
-from ssl_pipeline.retraining import decision
+from ssl_pipeline.retraining import decision, plan
+from ssl_pipeline.retraining.drift import DriftReport
+from ssl_pipeline.reports.model_card import publish_cards
 from ssl_pipeline.tracking import runs as tracking
 from ssl_pipeline.config.schema import Params, load_params
 
@@ -61,6 +63,19 @@ def refresh_data(params: Params, root: Path) -> dict:
     return {**actions, "md5s": registry.data_tags(root)}
 
 
+@task(name="plan-pretraining")
+def plan_pretraining(params: Params, root: Path, champion_tags: dict | None) -> tuple[plan.Plan, DriftReport | None]:
+    """Drift of the new images against the champion's pool, then cold / warm start / reuse of its encoder."""
+    encoder = registry.version_by_alias(params.tracking.encoder_name, registry.CHAMPION)
+    uri = f"models:/{params.tracking.encoder_name}/{encoder.version}" if encoder is not None else ""
+    chosen, drift = plan.plan_retraining(params, root, champion_tags, uri)
+    logger = get_run_logger()
+    if drift is not None:
+        logger.info("drift: %s", drift.reason)
+    logger.info("encoder: %s (%s)", chosen.mode, chosen.reason)
+    return chosen, drift
+
+
 @task(name="champion-vs-challenger")
 def champion_vs_challenger(params: Params, root: Path, registered: dict, champion_before: dict | None,
                            state: dict[str, str]) -> decision.Outcome:
@@ -76,6 +91,9 @@ def record_decision(params: Params, root: Path, out: decision.Outcome) -> tuple[
     text = decision.markdown(out)
     out.retrain_run_id = decision.log_run(params, root, out, text, str(flow_run.get_id() or ""))
     decision.record_on_versions(params, out)
+    if out.decision != decision.NOTHING and out.challenger_version is not None:   # the card says how it was decided
+        clf = registry.tracking.client().get_model_version(params.tracking.classifier_name, str(out.challenger_version))
+        publish_cards(params, root, out.challenger_version, int(clf.tags.get("encoder_version", out.challenger_version)))
     create_markdown_artifact(markdown=text, key=ARTIFACT_KEY, description=f"Retrain: {out.decision}")
     return text, out.retrain_run_id
 
@@ -106,10 +124,17 @@ def retrain(root: str = ".", params_file: str = "params.yaml", overrides: list[s
                                 champion_version=int(champion.version),
                                 champion_data=decision.training_data(champion.tags))
         else:
-            result = pipeline(root=str(root_path), params_file=params_file, overrides=list(overrides or []))
             before = None if champion is None else {"version": int(champion.version), "tags": dict(champion.tags)}
+            chosen, drift = plan_pretraining(params, root_path, before and before["tags"])
+            # warm start / reuse: overrides of this pipeline run only (params.yaml is never written)
+            result = pipeline(root=str(root_path), params_file=params_file,
+                              overrides=[*(overrides or []), *chosen.overrides],
+                              pretrain_digest=plan.pretrain_digest(params), measure_drift=False)
             out = champion_vs_challenger(params, root_path, result["registered"], before, state)
             out.pipeline_run_id = result["parent_run_id"]
+            out.plan = chosen.as_dict()
+            if drift is not None:
+                out.drift, out.drift_tags = drift.as_dict(), drift.tags()
         text, out.retrain_run_id = record_decision(params, root_path, out)
     return {**out.as_dict(), "markdown": text}
 

@@ -261,6 +261,12 @@ def detect_channels(paths: list[Path], sample: int = 200) -> int:
     return 1 if verdicts and all(verdicts) else 3
 
 
+def has_colour(paths: list[Path], sample: int = 200) -> bool:
+    """True when some readable image of a seeded sample is colour (unreadable files give no verdict)."""
+    chosen = list(paths) if len(paths) <= sample else random.Random(0).sample(list(paths), sample)
+    return any(_is_gray(Path(p)) is False for p in chosen)
+
+
 def find_duplicates(a_hashes: list[str], b_hashes: list[str]) -> list[tuple[int, int]]:
     """All (i, j) with a_hashes[i] == b_hashes[j] (identical decoded pixels), sorted."""
     where: dict[str, list[int]] = {}

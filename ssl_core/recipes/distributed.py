@@ -32,6 +32,7 @@ from ssl_core.training import distributed as dist_utils
 from ssl_core.training.loop import TrainState
 
 RECIPE_FILE, JOB_FILE, RESULT_FILE = "recipe.json", "job.json", "result.pt"
+WARM_START_FILE = "warm_start.pt"   # optional: ssl_core.recipes.warm_start.saved_method() to start from
 EPOCH_MARKER = "ssl-pipeline-epoch "
 
 
@@ -94,12 +95,19 @@ def train_rank(handoff: Path, device: torch.device) -> None:
         checkpointer = RankZeroCheckpointer(inner)
     prepared = Path(job["prepared_dir"])
     data = PretrainData.load(prepared, load_meta(prepared)["num_classes"], lead=lead)
-    method, history = pretrain_method(recipe, build_method(recipe), data, device, checkpointer,
+    method = build_method(recipe)
+    if (handoff / WARM_START_FILE).exists():   # every rank the same start (a checkpoint still wins: restored later)
+        from ssl_core.recipes.warm_start import warm_start
+
+        report = warm_start(method, torch.load(handoff / WARM_START_FILE, weights_only=True, map_location="cpu"))
+        if lead:
+            print(f"warm start: {report.reason}", flush=True)
+    method, history = pretrain_method(recipe, method, data, device, checkpointer,
                                       on_epoch=_print_epoch if lead else None,
                                       say_epoch=print if lead else None, say_step=print if lead else None)
     if lead:
-        atomic_torch_save({"backbone": _to_cpu(method.backbone.state_dict()), "history": history},
-                          handoff / RESULT_FILE)
+        atomic_torch_save({"backbone": _to_cpu(method.backbone.state_dict()),
+                           "method": _to_cpu(method.state_dict()), "history": history}, handoff / RESULT_FILE)
     dist.barrier()   # nobody leaves (and tears the group down) before rank 0 has handed the result over
 
 
@@ -133,8 +141,9 @@ class Job:
 
 def launch(recipe, job: Job, nproc_per_node: int, nnodes: int = 1, rdzv_endpoint: str = "",
            on_line: Callable[[str], None] | None = None,
-           on_epoch: Callable[[int, dict], None] | None = None) -> tuple[dict, list[dict]]:
-    """Run every rank through torchrun; return rank 0's (encoder state_dict, per-epoch history).
+           on_epoch: Callable[[int, dict], None] | None = None, warm: dict | None = None) -> dict:
+    """Run every rank through torchrun; return rank 0's {"backbone": encoder state_dict, "method": the
+    whole method's state_dict, "history": per-epoch metrics}. warm: saved_method() every rank starts from.
 
     Raises ssl_core.training.launch.RankFailed with the failing rank's own error when any rank fails."""
     from ssl_core.training.launch import LaunchSpec, run_torchrun
@@ -149,6 +158,8 @@ def launch(recipe, job: Job, nproc_per_node: int, nnodes: int = 1, rdzv_endpoint
                                                 "fingerprint": job.fingerprint,
                                                 "checkpoint_every": job.checkpoint_every,
                                                 "metadata": job.metadata}))
+    if warm is not None:
+        atomic_torch_save(warm, handoff / WARM_START_FILE)
     env = dict(os.environ)
     # CPU ranks share the machine's cores; torchrun's own default would be 1 thread each.
     env.setdefault("OMP_NUM_THREADS", str(max((os.cpu_count() or 1) // nproc_per_node, 1)))
@@ -167,7 +178,7 @@ def launch(recipe, job: Job, nproc_per_node: int, nnodes: int = 1, rdzv_endpoint
         result = torch.load(handoff / RESULT_FILE, weights_only=True, map_location="cpu")
     finally:
         shutil.rmtree(handoff, ignore_errors=True)
-    return result["backbone"], result["history"]
+    return result
 
 
 if __name__ == "__main__":

@@ -99,6 +99,14 @@ def _hint(err: Exception, command: str = "") -> str:
         return "`ssl-pipeline data status` shows which datasets are tracked and which are in the workspace"
     if isinstance(err, DataImportError):
         return "`ssl-pipeline data status` lists each dataset and every import (`data import --help`, `data demo --help`)"
+    from ssl_pipeline.serving.embeddings import BadInput
+    from ssl_pipeline.serving.predict import Unfeedable
+    from ssl_pipeline.tracking.encoders import ModelNotFound
+
+    if isinstance(err, ModelNotFound):
+        return "`ssl-pipeline ui` lists the registered versions; pass one with --model (or MODEL_URI)"
+    if isinstance(err, (BadInput, Unfeedable)):
+        return "the command's --help says what it takes"
     if isinstance(err, FileNotFoundError) and command in _READS_STAGE_OUTPUTS:
         return "run the earlier stages first (`ssl-pipeline run` or `dvc repro`)"
     if isinstance(err, FileNotFoundError):

@@ -55,6 +55,11 @@ class _Section(BaseModel):
 
 
 RAW_DATASETS = ("unlabeled", "labeled")   # the dataset folders under data.raw_dir
+NO_INIT = "none"                           # pretrain.init: a random encoder
+
+
+def init_is_none(source: str) -> bool:
+    return source.strip().lower() in ("", NO_INIT)
 
 
 def _matches(pattern: str, rule: str):
@@ -100,7 +105,7 @@ class PretrainParams(_Section):
     lr: float = Field(0.002, gt=0, le=MAX_LR)
     weight_decay: float = Field(1e-4, ge=0, le=MAX_WEIGHT_DECAY)
     warmup_epochs: int = Field(2, ge=0, le=MAX_STEPS)
-    init: str = Field("none", min_length=1)   # none | state_dict file | MLflow model URI | torchvision:<weights name>
+    init: str = Field(NO_INIT, min_length=1)   # none | state_dict file | MLflow model URI | torchvision:<weights name>
     method_params: dict[str, Any] = Field(default_factory=dict)
     augment: dict[str, Any] = Field(default_factory=lambda: {"hflip_p": 0.0})   # digits are not mirror-symmetric
     knn_k: int = Field(20, ge=1, le=MAX_KNN_K)
@@ -182,12 +187,27 @@ class FlowParams(_Section):
         return value
 
 
+START_FROM_PATTERN = r"^(|models:/[^/@]+/[0-9]+|runs:/[^/]+/[^/]+)$"
+
+
 class RetrainParams(_Section):
     margin: float = Field(0.005, ge=-1, le=1)   # challenger must beat the champion by this much (<0: may be worse)
     cron: str = Field("0 3 * * *", min_length=1)  # `ssl-pipeline serve` schedule (nightly)
     timezone: str = "UTC"
     deployment_name: str = "nightly-retrain"
     concurrency_tag: str = "ssl-retrain"
+    # Warm start and the drift gate (flows/retrain.py, ssl_pipeline/retraining/plan.py)
+    warm_start: bool = False
+    warm_epochs: int = Field(10, ge=1, le=MAX_STEPS)
+    warm_warmup_epochs: int = Field(1, ge=0, le=MAX_STEPS)
+    drift_policy: Literal["always", "gate"] = "always"
+    drift_threshold: float = Field(0.02, ge=0, le=2)
+    drift_alpha: float = Field(0.01, gt=0, le=1)
+    drift_sample: int = Field(1000, ge=10, le=1_000_000)
+    drift_permutations: int = Field(500, ge=19, le=100_000)
+    # What the pretrain stage starts from; `retrain` sets these for one run (a user may too)
+    start_from: str = ""
+    start_mode: Literal["train", "reuse"] = "train"
     _names_ok = field_validator("deployment_name", "concurrency_tag")(_matches(NAME, NAME_RULE))
 
     @field_validator("cron")
@@ -211,7 +231,25 @@ class RetrainParams(_Section):
             raise ValueError(f"unknown timezone {value!r}; use an IANA name such as UTC or Europe/Paris")
         return value
 
+    @field_validator("start_from")
+    @classmethod
+    def _a_fixed_version(cls, value: str) -> str:
+        import re
 
+        if not re.match(START_FROM_PATTERN, value):
+            raise ValueError(f"expected \"\" or models:/NAME/VERSION (a version number, not an alias, so a rerun "
+                             f"starts from the same weights) or runs:/RUN_ID/encoder, got {value!r}")
+        return value
+
+    @model_validator(mode="after")
+    def _reuse_needs_a_start(self) -> "RetrainParams":
+        if self.start_mode == "reuse" and not self.start_from:
+            raise ValueError("retrain.start_mode: reuse keeps the encoder of retrain.start_from, which is empty; "
+                             "set retrain.start_from to models:/NAME/VERSION or start_mode to train")
+        if self.warm_warmup_epochs >= self.warm_epochs and self.warm_warmup_epochs:
+            raise ValueError(f"retrain.warm_warmup_epochs: {self.warm_warmup_epochs} must be below "
+                             f"retrain.warm_epochs ({self.warm_epochs}), or the schedule never decays")
+        return self
 
 
 class CompareParams(_Section):
@@ -256,6 +294,9 @@ class Params(_Section):
                 problems += check(self)
             except ValueError as err:
                 problems.append(str(err))
+        if not init_is_none(self.pretrain.init) and self.retrain.start_from:
+            problems.append(f"pretrain.init ({self.pretrain.init}) and retrain.start_from ({self.retrain.start_from}) "
+                            "both say where pretraining starts: set one of them")
         if problems:
             raise ValueError("\n".join(problems))   # one line per problem, each naming its key
         return self

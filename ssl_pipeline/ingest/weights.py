@@ -17,9 +17,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ssl_core.fsutil import file_sha256
+from ssl_pipeline.config.schema import init_is_none
 from ssl_pipeline.errors import StageError
 
-NONE = "none"
 TORCHVISION = "torchvision:"
 MLFLOW_SCHEMES = ("models:/", "runs:/")
 HASH_IN_NAME = re.compile(r"-([a-f0-9]+)\.")   # torch.hub's convention: resnet50-11ad3fa6.pth
@@ -40,7 +40,7 @@ class InitSource:
 
 
 def is_none(source: str) -> bool:
-    return source.strip().lower() in ("", NONE)
+    return init_is_none(source)
 
 
 def is_mlflow(source: str) -> bool:

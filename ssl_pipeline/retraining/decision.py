@@ -142,17 +142,28 @@ def training_data(tags: dict[str, str]) -> dict[str, str]:
 
 # ---------------------------------------------------------------- champion vs challenger
 
-def score(model_uri: str, root: Path, prepared_dir: str, batch: int = 512) -> float:
-    """Test accuracy of a registered model on the workspace's current test split."""
+def score(model_uri: str, root: Path, prepared_dir: str, batch: int = 512, image_size: int | None = None) -> float:
+    """Test accuracy of a registered model on the workspace's current test split.
+
+    image_size: the model's input size when it differs from the split's: each batch is resized to it
+    (bilinear, antialiased), so a model trained at another resolution is scored on the same images."""
     import torch
+    import torch.nn.functional as F
 
     from ssl_core.data.cache import load_split
     from ssl_pipeline.tracking.model_loading import load_project_model
 
     test = load_split(Path(root) / prepared_dir, "test")
     model, _ = load_project_model(model_uri)
+
+    def inputs(i: int) -> torch.Tensor:
+        x = test.images[i:i + batch].float() / 255
+        if image_size and image_size != x.shape[-1]:
+            x = F.interpolate(x, size=(image_size, image_size), mode="bilinear", antialias=True, align_corners=False)
+        return x
+
     with torch.no_grad():
-        pred = torch.cat([model(test.images[i:i + batch].float() / 255).argmax(1) for i in range(0, len(test), batch)])
+        pred = torch.cat([model(inputs(i)).argmax(1) for i in range(0, len(test), batch)])
     return float((pred == test.labels).float().mean())
 
 
@@ -176,6 +187,9 @@ class Outcome:
     note: str = ""
     pipeline_run_id: str = ""
     retrain_run_id: str = ""
+    plan: dict = field(default_factory=dict)     # retraining.plan.Plan.as_dict(): cold / warm / reuse and why
+    drift: dict = field(default_factory=dict)    # retraining.drift.DriftReport.as_dict()
+    drift_tags: dict = field(default_factory=dict)
 
     @property
     def new_champion(self) -> int | None:
@@ -211,15 +225,33 @@ def compare(params: Params, root: Path, registered: dict, champion_before: dict 
         out.decision, out.champion_accuracy = SAME, out.challenger_accuracy
         out.note = "the pipeline produced the champion itself again (no stage changed its model)"
         return out
-    try:
-        out.champion_accuracy = score(f"models:/{t.classifier_name}@{registry.CHAMPION}", root, params.data.prepared_dir)
-    except Exception as err:  # noqa: BLE001 - e.g. image size/channels/classes changed: it cannot compete
-        out.note = f"the champion cannot score the current test split ({str(err).splitlines()[0][:200]})"
+    why_not = registry.incomparable(champion_before["tags"], dict(challenger.tags))
+    if why_not:   # registration made the challenger champion already; the decision says why
+        out.note = f"the champion v{out.champion_version} cannot be compared on this test split: {why_not}"
+    else:
+        try:
+            size = champion_before["tags"].get("image_size")
+            out.champion_accuracy = score(f"models:/{t.classifier_name}/{out.champion_version}", root,
+                                          params.data.prepared_dir, image_size=int(size) if size else None)
+        except Exception as err:  # noqa: BLE001 - a champion that still cannot run on this split cannot compete
+            out.note = f"the champion v{out.champion_version} cannot score the current test split ({_in_words(err)})"
     out.decision = decide(out.champion_accuracy, out.challenger_accuracy, out.margin)
     if out.decision == PROMOTED:
         registry.set_alias(t.classifier_name, registry.CHAMPION, clf_version)
         registry.set_alias(t.encoder_name, registry.CHAMPION, enc_version)
     return out
+
+
+def _in_words(err: Exception) -> str:
+    """torch.export's guard messages ("Guard failed: x.size()[1] == 1") as what they mean."""
+    import re
+
+    text = str(err).splitlines()[0][:200]
+    guard = re.search(r"x\.size\(\)\[(\d)\] == (\d+)", text)
+    if guard:
+        what = {"1": "channels", "2": "image height", "3": "image width"}.get(guard[1], f"dimension {guard[1]}")
+        return f"it expects {what} {guard[2]} and the test split's images differ"
+    return text
 
 
 def _fmt(value: float | None) -> str:
@@ -236,6 +268,8 @@ def version_tags(out: Outcome) -> dict[str, str]:
     tags.update({f"retrain.champion.{k}": v for k, v in out.champion_data.items()})
     tags.update({f"retrain.challenger.{k}": v for k, v in out.challenger_data.items()})
     tags.update({f"{STATE_PREFIX}{k}": v for k, v in out.state.items()})
+    if out.plan:
+        tags.update({"retrain.plan": out.plan["mode"], "retrain.plan_reason": out.plan["reason"][:4000]})
     return tags
 
 
@@ -245,6 +279,8 @@ def record_on_versions(params: Params, out: Outcome) -> None:
     tags = version_tags(out)
     for version in {out.champion_version, out.challenger_version} - {None}:
         registry.tag_version(params.tracking.classifier_name, version, tags)
+    if out.drift_tags and out.challenger_version is not None and out.challenger_version != out.champion_version:
+        registry.tag_version(params.tracking.classifier_name, out.challenger_version, out.drift_tags)
 
 
 def markdown(out: Outcome) -> str:
@@ -259,6 +295,13 @@ def markdown(out: Outcome) -> str:
                   f"Rule: promote if challenger >= champion + {out.margin:g}. Champion now: v{out.new_champion}.", ""]
     if out.note:
         lines += [out.note, ""]
+    if out.plan:
+        lines += [f"Encoder: **{out.plan['mode']}** ({out.plan['reason']}).", ""]
+    if out.drift:
+        stats = out.drift.get("stats") or {}
+        figures = (f" MMD^2 {stats['mmd2']:.4f}, p = {stats['p_value']:.4f}, {out.drift['n_new']} new image(s)."
+                   if stats else "")
+        lines += [f"Drift vs champion encoder v{out.drift.get('vs_version')}: {out.drift['reason']}.{figures}", ""]
     lines += ["| data | md5 now | champion trained on | challenger trained on |", "|---|---|---|---|"]
     for key in sorted(k for k in out.state if k.startswith("data.")):
         lines.append(f"| {key[5:-4]} | {out.state[key]} | {out.champion_data.get(key, '-')} | "
@@ -282,5 +325,11 @@ def log_run(params: Params, root: Path, out: Outcome, text: str, flow_run_id: st
                            "new_champion_version": out.new_champion})
         mlflow.log_metrics({f"{who}_accuracy": acc for who, acc in
                             (("champion", out.champion_accuracy), ("challenger", out.challenger_accuracy)) if acc is not None})
+        if out.plan:
+            mlflow.set_tags({"retrain.plan": out.plan["mode"], "retrain.plan_reason": out.plan["reason"][:4000]})
+        if out.drift_tags:
+            mlflow.set_tags(out.drift_tags)
+            stats = out.drift.get("stats") or {}
+            mlflow.log_metrics({f"drift_{k}": v for k, v in stats.items() if k in ("mmd2", "p_value")})
         mlflow.log_text(text, "retrain.md")
     return run.info.run_id

@@ -24,11 +24,15 @@ import torch
 
 from ssl_core.data.images import decode_images
 from ssl_core.data.listing import list_unlabeled
-from ssl_pipeline.outputs import CLASSIFIER_JSON
+from ssl_pipeline.outputs import CLASSIFIER_JSON, CLASSIFIER_PT
 
 DEFAULT_MODEL_NAME = "ssl-classifier"
 CHUNK = 256   # images decoded and classified at a time (bounded memory for big folders)
 COLUMNS = ("path", "class", "confidence", "error")
+
+
+class Unfeedable(ValueError):
+    """The input cannot be fed to this model (channels, or a label set it does not know)."""
 
 
 @dataclass
@@ -38,6 +42,16 @@ class Predictor:
     channels: int
     classes: list[str]
     source: str
+    name: str = ""   # "ssl-classifier v3" for a registered version, else the source
+
+    def headline(self) -> str:
+        """The first line predict prints: which model, what it takes, what it answers."""
+        kind = {1: "grayscale", 3: "colour"}.get(self.channels, f"{self.channels}-channel")
+        shown = ", ".join(self.classes[:12]) + (", ..." if len(self.classes) > 12 else "")
+        who = self.name or self.source
+        where = f" ({self.source})" if self.name and self.name != self.source else ""
+        return (f"model: {who}{where}, {kind} {self.image_size}x{self.image_size} images, "
+                f"{len(self.classes)} classes: {shown}")
 
     def logits(self, images: torch.Tensor) -> torch.Tensor:
         with torch.no_grad():
@@ -69,10 +83,12 @@ def _classes_for(info, num_classes: int, root: Path) -> list[str]:
     meta = info.metadata or {}
     if meta.get("classes"):
         return [str(c) for c in meta["classes"]]
+    from ssl_pipeline.tracking.models import logged_model
+
     local = root / CLASSIFIER_JSON
-    if local.exists():
+    if local.exists() and (logged_model(root, root / CLASSIFIER_PT) or {}).get("run_id") == info.run_id:
         spec = json.loads(local.read_text())
-        if spec.get("run_id") == info.run_id and len(spec.get("classes", [])) == num_classes:
+        if len(spec.get("classes", [])) == num_classes:
             return [str(c) for c in spec["classes"]]
     return [str(i) for i in range(num_classes)]
 
@@ -109,7 +125,51 @@ def load_predictor(model: str | None = None, root: Path = Path(".")) -> Predicto
         return _load_local_state_dict(path)
     if model.endswith(".pt"):
         raise FileNotFoundError(f"model file {model} not found")
-    return _load_mlflow(model, root)
+    predictor = _load_mlflow(model, root)
+    predictor.name = registered_name(model)
+    return predictor
+
+
+def registered_name(uri: str) -> str:
+    """'ssl-classifier v3' for models:/ssl-classifier@champion or models:/ssl-classifier/3; '' otherwise."""
+    import re
+
+    from mlflow.exceptions import MlflowException
+
+    from ssl_pipeline.tracking import runs as tracking
+
+    found = re.match(r"^models:/(?P<name>[^/@]+)(?:/(?P<version>[0-9]+)|@(?P<alias>[^/]+))$", uri)
+    if not found:
+        return ""
+    if found["version"]:
+        return f"{found['name']} v{found['version']}"
+    try:
+        return f"{found['name']} v{tracking.client().get_model_version_by_alias(found['name'], found['alias']).version}"
+    except MlflowException:
+        return ""
+
+
+def check_feedable(predictor: Predictor, target: Path, labeled: bool = False, convert_to_gray: bool = False) -> None:
+    """Refuse, in one sentence, inputs this model cannot answer for: colour images for a grayscale model,
+    or (labeled: one subfolder per class) class folders that are not among its classes."""
+    from ssl_core.data.images import has_colour
+    from ssl_core.data.listing import list_labeled
+
+    target = Path(target)
+    who = predictor.name or predictor.source
+    if labeled:
+        if not target.is_dir():
+            raise Unfeedable(f"--labeled needs a folder with one subfolder per class, and {target} is not a folder")
+        _, classes, _ = list_labeled(target)
+        unknown = [c for c in classes if c not in predictor.classes]
+        if unknown:
+            raise Unfeedable(f"{target} has class folder(s) {', '.join(unknown[:8])} that {who} does not know "
+                             f"(its classes: {', '.join(predictor.classes[:12])}); use a model trained on this label set")
+    paths = list_inputs(target)[1][:200]
+    if predictor.channels == 1 and not convert_to_gray and has_colour(paths):
+        raise Unfeedable(f"{who} takes grayscale (1-channel) images and {target} holds colour images, which it would "
+                         f"still sort into its {len(predictor.classes)} classes; use a model trained on colour images "
+                         "(--model) or pass --convert-to-gray if grayscale versions are what you mean")
 
 
 def list_inputs(target: Path) -> tuple[Path, list[Path], list[tuple[str, str]]]:

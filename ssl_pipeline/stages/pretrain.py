@@ -1,8 +1,10 @@
-"""pretrain: self-supervised pretraining of the encoder on the unlabeled pool, from random init or
-from existing weights (pretrain.init: resolved before any work, recorded in MLflow and encoder.json).
+"""pretrain: self-supervised pretraining of the encoder on the unlabeled pool, from random init, from
+existing encoder weights (pretrain.init: resolved before any work, recorded in MLflow and encoder.json), or
+from a registered version's whole SSL method (retrain.start_from, a warm start: retrain sets it for one run;
+start_mode reuse keeps that encoder without training).
 
-Outputs: models/encoder.pt (backbone state_dict), models/encoder.json (architecture, MLflow model
-URI, the init's source and SHA-256), metrics/pretrain.json, plots/pretrain.csv (per-epoch loss and
+Outputs: models/encoder.pt (backbone state_dict), models/encoder.json (architecture, the init's source
+and SHA-256; the MLflow run and model URI go to models/logged_models.json), metrics/pretrain.json, plots/pretrain.csv (per-epoch loss and
 kNN monitor accuracy).
 """
 from __future__ import annotations
@@ -14,9 +16,10 @@ import torch
 
 from ssl_core.data.cache import load_meta
 from ssl_core.fsutil import atomic_torch_save, write_json
-from ssl_core.models.spec import EncoderSpec, build_encoder
+from ssl_core.models.spec import EncoderSpec
 from ssl_core.recipes import (PretrainData, PretrainRecipe, build_method, check_init, check_method_fits_data,
                               epoch_metrics, pretrain_method)
+from ssl_core.recipes.warm_start import saved_method, state_digest, warm_start
 from ssl_core.training.checkpoint import Checkpointer
 from ssl_core.training.runtime import setup_torch
 from ssl_pipeline import outputs
@@ -24,6 +27,7 @@ from ssl_pipeline.config.schema import Params
 from ssl_pipeline.errors import StageError, recipe_errors_as_stage_errors
 from ssl_pipeline.progress import log
 from ssl_pipeline.recipes import checkpoint_fingerprint, pretrain_recipe
+from ssl_pipeline.tracking import encoders
 from ssl_pipeline.tracking import runs as tracking
 from ssl_pipeline.tracking.datasets import dataset_infos
 from ssl_pipeline.tracking.init_weights import log_init, resolve_init
@@ -43,7 +47,7 @@ def check_distributed(params: Params, device: torch.device) -> None:
 
 
 def train_distributed(params: Params, recipe: PretrainRecipe, root: Path, checkpointer: Checkpointer,
-                      fingerprint: str, run_id: str) -> tuple[torch.nn.Module, list[dict]]:
+                      fingerprint: str, run_id: str, start: dict | None) -> tuple[dict, list[dict]]:
     """Every rank through torchrun; rank 0's epochs are logged into this stage's run."""
     from ssl_core.training.launch import RankFailed
     from ssl_core.recipes.distributed import Job, launch
@@ -54,26 +58,84 @@ def train_distributed(params: Params, recipe: PretrainRecipe, root: Path, checkp
               checkpoint_every=p.checkpoint_every, metadata=dict(checkpointer.metadata),
               rdzv_id=f"ssl-pipeline-{run_id[:12]}")
     try:
-        weights, history = launch(recipe, job, p.nproc_per_node, p.nnodes, p.rdzv_endpoint,
-                                  on_line=lambda line: log.info("pretrain: %s", line),
-                                  # called from the launcher's reader thread: name the run explicitly
-                                  on_epoch=lambda e, m: tracking.mlflow.log_metrics(epoch_metrics(m), step=e,
-                                                                                    run_id=run_id))
+        result = launch(recipe, job, p.nproc_per_node, p.nnodes, p.rdzv_endpoint,
+                        on_line=lambda line: log.info("pretrain: %s", line),
+                        # called from the launcher's reader thread: name the run explicitly
+                        on_epoch=lambda e, m: tracking.mlflow.log_metrics(epoch_metrics(m), step=e, run_id=run_id),
+                        warm=start)
     except RankFailed as err:
         raise StageError(f"pretrain: {err}") from err
-    backbone = build_encoder(recipe.encoder)
-    backbone.load_state_dict(weights)
-    return backbone, history
+    return result["method"], result["history"]
 
 
 def train_here(recipe: PretrainRecipe, prepared: Path, meta: dict, device: torch.device,
-               checkpointer: Checkpointer) -> tuple[torch.nn.Module, list[dict]]:
+               checkpointer: Checkpointer, start: dict | None) -> tuple[dict, list[dict]]:
     data = PretrainData.load(prepared, meta["num_classes"])
-    method, history = pretrain_method(recipe, build_method(recipe), data, device, checkpointer,
+    method = build_method(recipe)
+    if start is not None:
+        record_warm_start(method, start)
+    method, history = pretrain_method(recipe, method, data, device, checkpointer,
                                       on_epoch=lambda e, m: tracking.mlflow.log_metrics(epoch_metrics(m), step=e),
                                       say_epoch=lambda line: log.info("pretrain: %s", line),
                                       say_step=lambda line: log.info("pretrain: %s", line))
-    return method.backbone, history
+    return method.cpu().state_dict(), history
+
+
+def record_warm_start(method, start: dict) -> None:
+    """Load what fits of the start (ssl_core.recipes.warm_start) into the freshly built method; say and tag
+    what was loaded, and the encoder's digest before the first step (a resumed run restores its checkpoint
+    afterwards, so it continues where it stopped)."""
+    report = warm_start(method, start)
+    log.info("pretrain: warm start from %s: %s", start["source"], report.reason)
+    tracking.mlflow.set_tags({"warm_start.loaded": report.loaded, "warm_start.reason": report.reason[:500],
+                              "warm_start.encoder_sha256_at_step_0": state_digest(method.backbone)})
+
+
+def load_start(params: Params) -> dict | None:
+    """retrain.start_from's saved method (None for a cold start), with its source; tagged on the run."""
+    r = params.retrain
+    if not r.start_from:
+        return None
+    saved, source = encoders.load_saved_method(r.start_from)
+    tags = {"warm_start.from": r.start_from, "warm_start.from_run_id": source.run_id, "warm_start.mode": r.start_mode}
+    if source.version is not None:
+        tags.update({"warm_start.from_model": source.name, "warm_start.from_version": str(source.version)})
+    tracking.mlflow.set_tags(tags)
+    return {**saved, "source": source.describe()}
+
+
+def reuse_start(recipe: PretrainRecipe, start: dict) -> tuple[dict, list[dict]]:
+    """start_mode reuse (the drift gate): the start's encoder as this run's, untrained. Its architecture
+    must be the one params.yaml asks for, or the classifiers would be built on the wrong network."""
+    method = build_method(recipe)
+    report = warm_start(method, start)
+    if report.loaded == "nothing":
+        raise StageError(f"retrain.start_mode: reuse cannot keep the encoder of {start['source']}: {report.reason}")
+    log.info("pretrain: reusing the encoder of %s without pretraining (%s)", start["source"], report.reason)
+    tracking.mlflow.set_tags({"warm_start.loaded": report.loaded, "warm_start.reason": "reused, not trained",
+                              "warm_start.encoder_sha256_at_step_0": state_digest(method.backbone)})
+    return method.state_dict(), []
+
+
+def train(params: Params, recipe: PretrainRecipe, root: Path, checkpointer: Checkpointer, fingerprint: str,
+          run_id: str, device: torch.device) -> tuple[torch.nn.Module, list[dict], int]:
+    """The trained method (CPU), its per-epoch history and the epochs it trained: here, on torchrun's
+    ranks, or none at all (start_mode reuse). The whole method state is logged for the next warm start."""
+    p = params.pretrain
+    start = load_start(params)
+    reuse = start is not None and params.retrain.start_mode == "reuse"
+    with recipe_errors_as_stage_errors():
+        if reuse:
+            state, history = reuse_start(recipe, start)
+        elif p.nproc_per_node * p.nnodes > 1:
+            state, history = train_distributed(params, recipe, root, checkpointer, fingerprint, run_id, start)
+        else:
+            prepared = root / params.data.prepared_dir
+            state, history = train_here(recipe, prepared, load_meta(prepared), device, checkpointer, start)
+    method = build_method(recipe)
+    method.load_state_dict(state)
+    encoders.log_method_state(saved_method(method, recipe.encoder))
+    return method, history, 0 if reuse else p.epochs
 
 
 def run(params: Params, root: Path = Path(".")) -> dict:
@@ -106,13 +168,8 @@ def run(params: Params, root: Path = Path(".")) -> dict:
         checkpointer.metadata = {"run_id": run.info.run_id}
         if init is not None:
             log_init(init, report.notes)
-        with recipe_errors_as_stage_errors():
-            if distributed:
-                backbone, history = train_distributed(params, recipe, root, checkpointer, fingerprint,
-                                                      run.info.run_id)
-            else:
-                backbone, history = train_here(recipe, prepared, meta, device, checkpointer)
-        metrics = write_outputs(root, recipe.encoder, backbone.cpu().eval(), history, run.info.run_id, p.epochs,
+        method, history, epochs = train(params, recipe, root, checkpointer, fingerprint, run.info.run_id, device)
+        metrics = write_outputs(root, recipe.encoder, method.backbone.cpu().eval(), history, run.info.run_id, epochs,
                                 init.record() if init else None)
     checkpointer.clear()
     return metrics

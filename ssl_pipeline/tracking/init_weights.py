@@ -22,6 +22,7 @@ from ssl_pipeline.errors import StageError
 from ssl_pipeline.ingest.weights import (TORCHVISION, InitSource, from_file, from_torchvision, is_mlflow,
                                          is_none)
 from ssl_pipeline.outputs import INIT_WEIGHTS_DIR
+from ssl_pipeline.tracking.model_loading import UnsafeModelError, load_project_model
 from ssl_pipeline.tracking.models import WEIGHTS_FILE, WEIGHTS_IN_MODEL
 from ssl_pipeline.tracking.runs import TRACKING_ERRORS, client, tracking_uri
 
@@ -61,6 +62,8 @@ def from_mlflow(uri: str, cache_dir: Path) -> InitSource:
             if not local.is_file():
                 cache_dir.mkdir(parents=True, exist_ok=True)
                 atomic_write_bytes(weights.read_bytes(), local)
+    except UnsafeModelError as err:
+        raise StageError(f"pretrain.init: {err}") from None
     except TRACKING_ERRORS as err:
         first = (str(err).strip().splitlines() or [type(err).__name__])[0][:300]
         raise StageError(f"pretrain.init: cannot fetch {uri} from MLflow at {tracking_uri()}: {first}") from None
@@ -68,10 +71,11 @@ def from_mlflow(uri: str, cache_dir: Path) -> InitSource:
 
 
 def _weights_from_program(folder: Path, out: Path) -> Path:
-    """The state_dict of a model folder that holds only the pt2 program (MLflow checks it is pickle-free)."""
+    """The state_dict of a model folder that holds only the pt2 program, loaded by the checked loader
+    (model_loading.py: no model-supplied code, no pickles)."""
     if not (folder / "MLmodel").is_file():
         raise StageError(f"pretrain.init: {folder.name} is not an MLflow model folder (no MLmodel file)")
-    module = mlflow.pytorch.load_model(str(folder), map_location="cpu")
+    module, _ = load_project_model(str(folder))
     torch.save({k: v.detach().clone() for k, v in module.state_dict().items()}, out)
     return out
 

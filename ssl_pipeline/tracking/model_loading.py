@@ -7,9 +7,10 @@ Here the folder is first copied into a private temporary folder (a registry or r
 a local folder copied, so nothing can change between the check and the load), then checked against
 what `tracking/models.py` writes:
 - MLmodel: flavours `pytorch` (+ `python_function` with `loader_module: mlflow.pytorch`), `model_data:
-  data`, no `code`, no extra files;
-- files: MLmodel, the environment and input-example files MLflow writes, and `data/model.pt2`
-  (a torch.export program) and nothing else; no links.
+  data`, no `code`, no extra files but the plain state_dict `extra_files/state_dict.pt`;
+- files: MLmodel, the environment and input-example files MLflow writes, `data/model.pt2`
+  (a torch.export program), optionally that state_dict (never loaded here; pretrain.init reads it with
+  weights_only=True), and nothing else; no links.
 Anything else is refused with one sentence before any of it is imported or unpickled. The checked copy
 is then loaded by MLflow with pickle deserialization off (MLflow also checks that the pt2 archive holds
 no pickled objects).
@@ -26,12 +27,15 @@ from typing import Iterator
 
 import yaml
 
+from ssl_pipeline.tracking.models import WEIGHTS_FILE, WEIGHTS_IN_MODEL
+
 PT2_FILE = "model.pt2"
 DATA_DIR = "data"
 # What mlflow.pytorch.log_model(export_model=True, serialization_format="pt2") writes beside MLmodel.
 ALLOWED_FILES = {"MLmodel", "conda.yaml", "python_env.yaml", "requirements.txt", "constraints.txt",
                  "input_example.json", "serving_input_example.json", "registered_model_meta"}
-PYTORCH_KEYS = {"code", "model_data", "pytorch_version"}
+PYTORCH_KEYS = {"code", "model_data", "pytorch_version", "extra_files"}
+EXTRA_DIR = "extra_files"
 PYFUNC_KEYS = {"config", "data", "env", "loader_module", "pickle_module_name", "python_version", "code"}
 PYFUNC_PICKLE_MODULE = "mlflow.pytorch.pickle_module"   # recorded even for pt2; never imported for pt2
 PICKLE_ENV = "MLFLOW_ALLOW_PICKLE_DESERIALIZATION"
@@ -67,6 +71,8 @@ def check_model_folder(folder: Path, uri: str = "") -> dict:
                      f"({', '.join(sorted(set(torch_conf or {}) - PYTORCH_KEYS)) or 'not a mapping'})")
     if torch_conf.get("code"):
         raise refuse(f"its MLmodel names a code folder ({torch_conf['code']!r}) that MLflow would import")
+    if torch_conf.get("extra_files", [{"path": WEIGHTS_IN_MODEL}]) != [{"path": WEIGHTS_IN_MODEL}]:
+        raise refuse(f"its pytorch flavour lists extra files other than {WEIGHTS_IN_MODEL}")
     if torch_conf.get("model_data") != DATA_DIR:
         raise refuse(f"its model data is {torch_conf.get('model_data')!r}, not {DATA_DIR!r}")
     if "python_function" in flavors:
@@ -93,12 +99,22 @@ def _check_files(folder: Path, refuse) -> None:
         mode = os.lstat(folder / entry).st_mode
         if entry == DATA_DIR and stat.S_ISDIR(mode):
             continue
+        if entry == EXTRA_DIR and stat.S_ISDIR(mode):
+            _check_extra_files(folder / EXTRA_DIR, refuse)
+            continue
         if entry not in ALLOWED_FILES or not stat.S_ISREG(mode):
             raise refuse(f"it holds {entry!r}, which ssl-pipeline never logs")
     data = folder / DATA_DIR
     if not data.is_dir() or os.listdir(data) != [PT2_FILE] or not stat.S_ISREG(os.lstat(data / PT2_FILE).st_mode):
         found = ", ".join(sorted(os.listdir(data))) if data.is_dir() else "nothing"
         raise refuse(f"its data folder holds {found or 'nothing'} instead of the pt2 program {PT2_FILE}")
+
+
+def _check_extra_files(extra: Path, refuse) -> None:
+    """extra_files/ holds exactly the plain state_dict tracking/models.py logs beside the program."""
+    if os.listdir(extra) != [WEIGHTS_FILE] or not stat.S_ISREG(os.lstat(extra / WEIGHTS_FILE).st_mode):
+        found = ", ".join(sorted(os.listdir(extra))) or "nothing"
+        raise refuse(f"its extra_files folder holds {found} instead of {WEIGHTS_FILE} alone")
 
 
 def _is_local_folder(uri: str) -> bool:

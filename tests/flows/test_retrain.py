@@ -351,3 +351,17 @@ def test_refresh_data_updates_imported_datasets(tmp_path):
     assert dvcops.dataset_md5(root, "data/raw/unlabeled") != first
     assert sorted(p.name for p in (root / "data/raw/unlabeled").iterdir()) == ["a.png", "b.png"]
     assert yaml.safe_load((root / "data/raw/unlabeled.dvc").read_text())["deps"][0]["repo"]["url"] == str(source)
+
+
+def test_an_incomparable_champion_is_named_in_words():
+    from ssl_pipeline.tracking import registry
+
+    digits = {"classes": json.dumps([str(i) for i in range(10)]), "channels": "1"}
+    photos = {"classes": json.dumps(["cat", "dog", "eel"]), "channels": "3"}
+    assert registry.incomparable(digits, photos) == ("its label set differs: the champion knows 10 classes "
+                                                     "(0, 1, 2, 3, 4, 5, 6, 7, ...), this data has 3 (cat, dog, eel)")
+    assert registry.incomparable(digits, {**digits, "channels": "3"}) == ("it takes 1-channel images and this data "
+                                                                         "has 3-channel images")
+    assert registry.incomparable(digits, digits) == "" and registry.incomparable({}, photos) == ""
+    err = RuntimeError("Guard failed: x.size()[1] == 1")
+    assert decision._in_words(err) == "it expects channels 1 and the test split's images differ"

@@ -14,6 +14,10 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
                    help="models:/NAME@ALIAS, models:/NAME/VERSION, runs:/ID/classifier, an MLflow model folder, "
                         "or models/classifier.pt (default: models:/<tracking.classifier_name>@champion)")
     p.add_argument("--out", default=None, metavar="CSV", help="also write path,class,confidence,error to this CSV")
+    p.add_argument("--labeled", action="store_true",
+                   help="the folder has one subfolder per class: check them against the model's classes, report accuracy")
+    p.add_argument("--convert-to-gray", action="store_true",
+                   help="feed colour images to a grayscale model anyway (converted), instead of refusing")
     p.set_defaults(func=run_predict)
 
 
@@ -35,9 +39,11 @@ def run_predict(args) -> int:
     if not Path(args.target).exists():   # before loading a model: say what is wrong with the input first
         raise with_hint(FileNotFoundError(f"no such image or folder: {args.target}"),
                         "give an image file or a folder of images (searched recursively)")
+    from ssl_pipeline.serving.predict import check_feedable
+
     predictor = load_predictor(args.model or _default_model(args.params))
-    print(f"model: {predictor.source} ({predictor.channels}x{predictor.image_size}x{predictor.image_size}, "
-          f"{len(predictor.classes)} classes)", file=sys.stderr)
+    print(predictor.headline(), file=sys.stderr, flush=True)
+    check_feedable(predictor, Path(args.target), args.labeled, convert_to_gray=args.convert_to_gray)
     rows = predict_files(predictor, Path(args.target))
     if not rows:
         raise with_hint(FileNotFoundError(f"no image files found in {args.target}"),
@@ -55,4 +61,9 @@ def run_predict(args) -> int:
         write_csv(rows, Path(args.out))
         print(f"wrote {args.out}", file=sys.stderr)
     print(f"{len(good)} classified, {len(rows) - len(good)} skipped", file=sys.stderr)
+    if args.labeled and good:
+        target = Path(args.target).resolve()
+        truth = [Path(r["path"]).resolve().relative_to(target).parts[0] for r in good]
+        right = sum(t == r["class"] for t, r in zip(truth, good))
+        print(f"accuracy against the class folders: {right}/{len(good)} = {right / len(good):.4f}", file=sys.stderr)
     return 0 if good else 1

@@ -65,6 +65,9 @@ def print_summary(result: dict) -> None:
     print(f"\nstages: {ran}")
     print(f"registry: ssl-classifier v{reg['classifier_version']}"
           f"{' (new)' if reg['classifier_new'] else ''}{', set as @champion' if reg['champion_set'] else ''}")
+    if reg.get("champion_reason"):
+        print(f"champion: v{reg['classifier_version']}, because {reg['champion_reason']}")
+    print(f"model card: `ssl-pipeline card models:/ssl-classifier/{reg['classifier_version']}`")
     print(f"reports: {outputs.TABLE_CSV}, {outputs.PLOT_PNG}, {outputs.EVALUATE_METRICS_JSON}")
     print(f"MLflow: {uri} (pipeline run {result['parent_run_id']})")
     print("UI: `make ui` (or `ssl-pipeline ui`), then open http://127.0.0.1:5000")

@@ -107,7 +107,12 @@ def test_predict_resizes_like_training_and_fails_cleanly(tmp_path, capsys):
     write_models(tmp_path)
     big = tmp_path / "big.jpg"
     Image.fromarray(np.random.default_rng(2).integers(0, 256, (40, 64, 3), dtype=np.uint8)).save(big)
-    assert cli.main(["predict", str(big), "--model", str(tmp_path / "models")]) == 0
+    # A colour photo for a grayscale model: refused in one sentence, unless the conversion is asked for.
+    assert cli.main(["predict", str(big), "--model", str(tmp_path / "models")]) == 2
+    err = capsys.readouterr().err
+    assert "takes grayscale (1-channel) images and" in err and "holds colour images" in err
+    assert err.splitlines()[0].startswith("model: ") and "3 classes: cat, dog, eel" in err.splitlines()[0]
+    assert cli.main(["predict", str(big), "--model", str(tmp_path / "models"), "--convert-to-gray"]) == 0
     [row] = list(csv.DictReader(io.StringIO(capsys.readouterr().out)))
     assert row["class"] in CLASSES
 

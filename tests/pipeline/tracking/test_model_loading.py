@@ -171,6 +171,9 @@ def test_the_projects_own_model_loads_and_predicts_like_the_original(tmp_path, m
     (lambda f: edit_mlmodel(f, lambda s: s["flavors"].update(sklearn={"pickled_model": "m.pkl"})), "sklearn"),
     (lambda f: edit_mlmodel(f, lambda s: s["flavors"]["python_function"].update(loader_module="os")), "module 'os'"),
     (lambda f: edit_mlmodel(f, lambda s: s["flavors"]["pytorch"].update(extra_files=[{"path": "x"}])), "extra_files"),
+    (lambda f: (f / "extra_files" / "hook.py").write_text("print(1)"), "extra_files folder holds hook.py"),
+    (lambda f: (f / "extra_files" / "state_dict.pt").unlink() or (f / "extra_files" / "state_dict.pt").symlink_to("/etc/hostname"),
+     "instead of state_dict.pt alone"),
 ])
 def test_anything_but_what_the_project_logs_is_refused_with_one_sentence(tmp_path, mlflow_uri, tamper, reason):
     mlflow.set_experiment("own")
