@@ -622,7 +622,7 @@ def _fmt(value, spec: str = ".0f") -> str:
 
 def markdown_row(name: str, row: dict) -> str:
     if row.get("status") != "ok":
-        return f"| {name} | {row.get('status')} |" + " |" * 12
+        return f"| {name} | {row.get('status')} |" + " |" * 11
     w, r, c, a = row["write"], row.get("read", {}), row.get("cold", {}), row.get("append", {})
     det = {True: "yes", False: "no: " + ", ".join(row.get("determinism", {}).get("differing_files", [])),
            None: "not checked"}[row.get("determinism", {}).get("deterministic")]
@@ -683,6 +683,7 @@ def main(argv=None) -> None:
     work = Path(args.workdir or tempfile.mkdtemp(prefix="cache-formats-"))
     work.mkdir(parents=True, exist_ok=True)
     results = {"command": " ".join([Path(sys.executable).name] + sys.argv),
+               "pythonpath": os.environ.get("PYTHONPATH"),
                "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "machine": machine(), "versions": versions(),
                "params": {k: getattr(args, k) for k in ("n", "size", "channels", "batch", "shard", "seed",
                                                         "read_seconds", "cold_batches")},
