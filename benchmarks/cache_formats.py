@@ -40,7 +40,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-BLOCK = 1024            # images produced per synthetic block (also the writers' input granularity)
+BLOCK_BYTES = 32 << 20  # synthetic images are produced (and handed to writers) in blocks of about this size
 ID_BYTES = 8            # every image starts with its own index (little-endian), for verification
 CANDIDATES = ("numpy", "torch", "webdataset", "litdata", "mds")
 MODULES = {"numpy": "numpy", "torch": "torch", "webdataset": "webdataset", "litdata": "litdata",
@@ -50,7 +50,8 @@ DISTRIBUTIONS = {"numpy": "numpy", "torch": "torch", "webdataset": "webdataset",
 
 
 # ---------------------------------------------------------------------------------------------
-# Synthetic data: image i = base[i % BLOCK] + (i // BLOCK) (uint8, wrapping), first 8 bytes = i.
+# Synthetic data: image i = base[i % b] + (i // b) (uint8, wrapping), first 8 bytes = i, where b is
+# the block length (images per BLOCK_BYTES, at most 1024).
 # Cheap to produce (memory speed), deterministic, and every image is identifiable after a read.
 # ---------------------------------------------------------------------------------------------
 
@@ -59,23 +60,25 @@ class Synth:
 
     def __init__(self, shape: tuple[int, int, int], seed: int, start: int, stop: int):
         self.shape, self.seed, self.start, self.stop = tuple(shape), seed, start, stop
+        self.block = max(1, min(1024, BLOCK_BYTES // int(np.prod(self.shape))))
 
     @functools.cached_property
     def base(self) -> np.ndarray:
         rng = np.random.default_rng(self.seed)
-        return rng.integers(0, 256, size=(BLOCK,) + self.shape, dtype=np.uint8)
+        return rng.integers(0, 256, size=(self.block,) + self.shape, dtype=np.uint8)
 
     def images(self, start: int, stop: int) -> np.ndarray:
         """uint8 [stop - start, C, H, W] for global indices start..stop-1 (any range)."""
         idx = np.arange(start, stop)
-        out = self.base[idx % BLOCK] + (idx // BLOCK % 256).astype(np.uint8)[:, None, None, None]
+        out = self.base[idx % self.block]
+        out += (idx // self.block % 256).astype(np.uint8)[:, None, None, None]
         flat = out.reshape(len(idx), -1)
         flat[:, :ID_BYTES] = idx.astype("<u8").view(np.uint8).reshape(len(idx), ID_BYTES)
         return out
 
     def ranges(self) -> list[tuple[int, int]]:
-        """[start, stop) pieces of at most BLOCK images covering this source."""
-        return [(a, min(a + BLOCK, self.stop)) for a in range(self.start, self.stop, BLOCK)]
+        """[start, stop) pieces of at most one block covering this source."""
+        return [(a, min(a + self.block, self.stop)) for a in range(self.start, self.stop, self.block)]
 
     def blocks(self):
         for a, b in self.ranges():
