@@ -128,7 +128,8 @@ class NumpyShards:
                     name = f"shard-{len(index['shards']):05d}.u8"
                     fh, count = open(out / f".{name}.tmp", "wb"), 0
                 take = min(shard - count, len(images))
-                fh.write(images[:take].tobytes())
+                for image in images[:take]:   # image by image: one 30 MB write() was slower here
+                    fh.write(np.ascontiguousarray(image).data)
                 images, count = images[take:], count + take
                 if count == shard:
                     self._close(out, fh, name, count, index)
