@@ -1,8 +1,8 @@
 """List user image folders: which files are images, and why each other entry is left out.
 
 Decisions (documented here because `prepare` and the README rely on them):
-- Supported formats, by extension: PNG, JPEG (.jpg/.jpeg), BMP, TIFF (.tif/.tiff) and WebP (when
-  PIL has it). GIF (often animated), SVG (vector), HEIC, ICO, PSD and everything else is rejected
+- Supported formats, by extension: PNG, JPEG (.jpg/.jpeg), BMP, TIFF (.tif/.tiff), WebP (when
+  PIL has it) and NumPy arrays (.npy, 1-16 bands). GIF (often animated), SVG (vector), HEIC, ICO, PSD and everything else is rejected
   with "unsupported format .xyz"; `images.py` lets PIL parse a file only as these formats.
 - Hidden files and folders (name starting with "."; .DS_Store, ._foo.png, .git) are not used and
   are reported once each as Rejected ("hidden file skipped" / "hidden folder skipped") without
@@ -24,7 +24,8 @@ EXT_TO_FORMAT = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG", ".bmp": "BMP",
                  ".tif": "TIFF", ".tiff": "TIFF"}
 if features.check("webp"):
     EXT_TO_FORMAT[".webp"] = "WEBP"
-IMAGE_EXTENSIONS: frozenset[str] = frozenset(EXT_TO_FORMAT)
+ARRAY_EXTENSIONS = frozenset({".npy"})          # multi-band arrays (ssl_core/data/bands.py)
+IMAGE_EXTENSIONS: frozenset[str] = frozenset(EXT_TO_FORMAT) | ARRAY_EXTENSIONS
 
 
 @dataclass

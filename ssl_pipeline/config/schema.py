@@ -40,12 +40,29 @@ class DataParams(_Section):
     raw_dir: str = "data/raw"
     prepared_dir: str = "data/prepared"
     image_size: int = Field(28, ge=8, le=512)
-    channels: Literal["auto", 1, 3] = "auto"
+    resize: Literal["crop", "pad", "squash"] = "crop"   # how a non-square image becomes image_size x image_size
+    channels: Literal["auto"] | int = "auto"            # auto, or 1..16 (checked below)
+    max_megapixels: float = Field(200.0, ge=1, le=10_000)   # larger files are quarantined (memory bound)
+    range_percentiles: tuple[float, float] = (0.1, 99.9)  # deep (16-bit, float) sources: per-channel range
     val_fraction: float = Field(0.1, gt=0, lt=1)
     test_fraction: float = Field(0.2, gt=0, lt=1)
     label_fractions: list[float] = Field(default_factory=lambda: [0.01, 0.1, 1.0], min_length=1)
     small_fraction_seeds: int = Field(3, ge=1, le=20)
     max_unlabeled: int = Field(0, ge=0)
+
+    @field_validator("channels")
+    @classmethod
+    def _channel_count(cls, value: Any) -> Any:
+        if value != "auto" and not (isinstance(value, int) and not isinstance(value, bool) and 1 <= value <= 16):
+            raise ValueError(f"channels is auto or a count from 1 to 16, got {value!r}")
+        return value
+
+    @field_validator("range_percentiles")
+    @classmethod
+    def _percentile_pair(cls, value: tuple[float, float]) -> tuple[float, float]:
+        if not 0 <= value[0] < value[1] <= 100:
+            raise ValueError(f"range_percentiles is [low, high] with 0 <= low < high <= 100, got {list(value)}")
+        return value
 
     @field_validator("label_fractions")
     @classmethod
@@ -54,6 +71,13 @@ class DataParams(_Section):
             if not 0 < f <= 1:
                 raise ValueError(f"every label fraction must be in (0, 1], got {f}")
         return sorted(set(value))
+
+
+class PrepareParams(_Section):
+    """How `prepare` runs (not what it makes: outputs are identical for every value here)."""
+    workers: int = Field(0, ge=0, le=1024)       # decode processes; 0 = every core of this machine
+    dask_address: str = ""                       # tcp://scheduler:8786 = decode on that Dask cluster instead
+    shard_mb: int = Field(64, ge=1, le=4096)     # size of a new cache shard
 
 
 class PretrainParams(_Section):
@@ -163,6 +187,7 @@ class CompareParams(_Section):
 class Params(_Section):
     seed: int = Field(0, ge=0)
     data: DataParams = Field(default_factory=DataParams)
+    prepare: PrepareParams = Field(default_factory=PrepareParams)
     pretrain: PretrainParams = Field(default_factory=PretrainParams)
     finetune: FinetuneParams = Field(default_factory=FinetuneParams)
     evaluate: EvaluateParams = Field(default_factory=EvaluateParams)
