@@ -1,8 +1,8 @@
 """Multi-band and deep sources: .npy arrays and TIFFs PIL cannot hold (more than 4 bands, 16-bit
 colour, float), read as [C, H, W] arrays, and their scaling to uint8 by a per-channel range.
 
-- .npy: read with allow_pickle=False. A 2-D array is one band; a 3-D array is channels-first when its
-  first axis has at most 16 entries, else channels-last when its last axis has at most 16.
+- .npy: read with allow_pickle=False. A 2-D array is one band; in a 3-D array the band axis is the last
+  one when it is shorter than the first (and at most 16 long), else the first (at most 16).
 - TIFF: tifffile (imported only when such a file is met), first image series; its axes other than
   Y and X must be a single band axis.
 - Deeper than 8 bits (uint16, int, float): channel c maps [low_c, high_c] linearly onto 0..255 and clips.
@@ -34,27 +34,26 @@ def npy_shape(data: bytes) -> tuple[tuple[int, ...], np.dtype]:
     return tuple(shape), dtype
 
 
+def _channels_last(shape: tuple[int, ...]) -> bool:
+    if len(shape) == 3 and shape[2] <= MAX_BANDS and shape[2] < shape[0]:
+        return True
+    if len(shape) == 2 or (len(shape) == 3 and shape[0] <= MAX_BANDS):
+        return False
+    raise BandError(f"array of shape {shape} is not an image ([H, W], [C, H, W] or [H, W, C] with C <= {MAX_BANDS})")
+
+
 def channels_first(array: np.ndarray) -> np.ndarray:
     """[H, W] -> [1, H, W]; [C, H, W] or [H, W, C] (C <= 16) -> [C, H, W]."""
-    if array.ndim == 2:
-        return array[None]
-    if array.ndim == 3 and array.shape[0] <= MAX_BANDS:
-        return array
-    if array.ndim == 3 and array.shape[2] <= MAX_BANDS:
+    if _channels_last(array.shape):
         return array.transpose(2, 0, 1)
-    raise BandError(f"array of shape {array.shape} is not an image ([H, W], [C, H, W] or [H, W, C] "
-                    f"with C <= {MAX_BANDS})")
+    return array[None] if array.ndim == 2 else array
 
 
 def band_layout(shape: tuple[int, ...]) -> tuple[int, int, int]:
     """(C, H, W) of an array shape, as channels_first would lay it out."""
-    if len(shape) == 2:
-        return 1, shape[0], shape[1]
-    if len(shape) == 3 and shape[0] <= MAX_BANDS:
-        return shape
-    if len(shape) == 3 and shape[2] <= MAX_BANDS:
+    if _channels_last(tuple(shape)):
         return shape[2], shape[0], shape[1]
-    raise BandError(f"array of shape {shape} is not an image ([H, W], [C, H, W] or [H, W, C] with C <= {MAX_BANDS})")
+    return (1, *shape) if len(shape) == 2 else tuple(shape)
 
 
 def check_dtype(dtype: np.dtype) -> None:

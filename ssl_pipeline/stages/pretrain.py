@@ -84,7 +84,8 @@ def run(params: Params, root: Path = Path(".")) -> dict:
     meta = load_meta(prepared)
     recipe = pretrain_recipe(params, meta)
     with recipe_errors_as_stage_errors():
-        check_method_fits_data(recipe, f"data.channels: {params.data.channels}")
+        for note in check_method_fits_data(recipe, f"data.channels: {params.data.channels}"):
+            log.info("pretrain: %s", note)
     fingerprint = checkpoint_fingerprint(params, root, meta)
     checkpointer = Checkpointer(root / outputs.PRETRAIN_CHECKPOINT_DIR, fingerprint, every_steps=p.checkpoint_every)
     # Tracking is checked (stage_run -> setup) before any training; the checkpoint is removed only
