@@ -16,7 +16,7 @@ from ssl_core.data.images import DecodeSettings, decode_file, decode_images, det
 from ssl_core.data.pil_convert import Reject
 
 
-def deep_bands(c=13, h=10, w=12, seed=0) -> np.ndarray:
+def deep_bands(c=13, h=32, w=24, seed=0) -> np.ndarray:
     # each band with its own range, as satellite bands have
     rng = np.random.default_rng(seed)
     return (rng.integers(0, 1000, (c, h, w)) + np.arange(c)[:, None, None] * 2000).astype(np.uint16)
