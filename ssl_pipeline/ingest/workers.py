@@ -56,11 +56,10 @@ def _pool_runner(pool: ProcessPoolExecutor) -> Callable:
 
 def _dask_runner(client) -> Callable:
     def submit_all(fn: Callable, tasks: list, done: Done) -> list:
-        from distributed import as_completed
-
         # pure=False: identical tasks of two prepares are still run (their shard files may be gone)
         futures = client.map(fn, tasks, pure=False)
-        for finished, _ in enumerate(as_completed(futures), start=1):
+        for finished, future in enumerate(futures, start=1):   # results in task order
+            future.result()
             done(finished)
         return client.gather(futures)
     return submit_all

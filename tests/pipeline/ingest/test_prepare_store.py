@@ -51,19 +51,17 @@ def run(root):
 def test_same_shards_for_one_and_two_workers_and_a_dask_cluster(tmp_path):
     from distributed import LocalCluster
 
-    one = make_root(tmp_path, "one", **{"prepare.workers": 1, "prepare.shard_mb": 0.001})
-    two = make_root(tmp_path, "two", **{"prepare.workers": 2})
-    for root in (one, two):
-        write_params(root, {"data.image_size": 8, "prepare.workers": 1 if root is one else 2})
-        # 192 bytes a row: shards of 5 rows, so the 70 images span many shards and tasks
-        (root / "params.yaml").write_text((root / "params.yaml").read_text().replace("shard_mb: 64", "shard_mb: 1"))
+    # 128 px: 48 KiB a row, so 1 MiB shards hold 21 rows and the 70 images make 4 shard tasks (+ sidecars)
+    one = make_root(tmp_path, "one", **{"prepare.workers": 1, "data.image_size": 128})
+    two = make_root(tmp_path, "two", **{"prepare.workers": 2, "data.image_size": 128})
     summaries = [run(one), run(two)]
     with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1",
                       dashboard_address=None) as cluster:
-        dask = make_root(tmp_path, "dask", **{"prepare.dask_address": cluster.scheduler_address})
+        dask = make_root(tmp_path, "dask", **{"prepare.dask_address": cluster.scheduler_address,
+                                              "data.image_size": 128})
         summaries.append(run(dask))
     digests = [store_digest(r) for r in (one, two, dask)]
-    assert digests[0] and digests[0] == digests[1] == digests[2]
+    assert len(digests[0]) == 8 and digests[0] == digests[1] == digests[2]
     for r in (two, dask):
         for name in ("manifest.csv", "fractions.json", "train.rows.npy", "unlabeled.rows.npy"):
             assert (r / "data/prepared" / name).read_bytes() == (one / "data/prepared" / name).read_bytes(), name
