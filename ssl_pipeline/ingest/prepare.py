@@ -17,17 +17,13 @@ import pandas as pd
 from ssl_core.data import images as img
 from ssl_core.data.cache import LABELED_SPLITS, SPLITS, STORE_DIR, load_meta, write_split_rows
 from ssl_core.data.listing import Rejected, list_labeled, list_unlabeled, relative_posix
-from ssl_core.fsutil import write_json
+from ssl_core.fsutil import atomic_write_bytes, write_json
 from ssl_pipeline.config.schema import Params
 from ssl_pipeline.errors import StageError
 from ssl_pipeline.ingest import hashing, splits, store, workers
 from ssl_pipeline.ingest.decode_settings import decode_settings
 from ssl_pipeline.outputs import LEAKAGE_CSV, QUARANTINE_CSV
 from ssl_pipeline.progress import Progress, log
-
-# re-exported: the split helpers' old home (tests and the comparison import them from here)
-balanced_subset, label_fractions = splits.balanced_subset, splits.label_fractions
-
 
 def _relative_to(rejected: list[Rejected], listed_root: Path, raw: Path) -> list[Rejected]:
     """Listing reports paths relative to the folder it listed; quarantine.csv uses data/raw-relative."""
@@ -42,12 +38,14 @@ def _labeled_dirs(labeled_root: Path) -> dict[str, Path | None]:
     return {"train": labeled_root, "val": None, "test": None}
 
 
-def list_raw(params: Params, raw: Path) -> tuple[dict[str, list[tuple[Path, int]]], list[str], list[Rejected]]:
+def list_raw(params: Params, root: Path) -> tuple[dict[str, list[tuple[Path, int]]], list[str], list[Rejected]]:
     """The image files of every folder: {"train"|"val"|"test"|"unlabeled": [(path, label)]}, classes, rejected."""
     d = params.data
+    raw = root / d.raw_dir
     dirs = _labeled_dirs(raw / "labeled")
     items: dict[str, list[tuple[Path, int]]] = {}
-    class_paths, classes, rej = list_labeled(dirs["train"])
+    trusted = (root / ".dvc" / "cache",)   # DVC links files from there when cache.type is symlink
+    class_paths, classes, rej = list_labeled(dirs["train"], trusted)
     rejected = _relative_to(rej, dirs["train"], raw)
     if not classes:
         raise StageError(f"no labeled images found under {dirs['train']}: expected one folder per class")
@@ -55,13 +53,13 @@ def list_raw(params: Params, raw: Path) -> tuple[dict[str, list[tuple[Path, int]
     items["train"] = [(p, class_index[c]) for p, c in class_paths]
     for split in ("val", "test"):
         if dirs[split] is not None:
-            pairs, split_classes, rej = list_labeled(dirs[split])
+            pairs, split_classes, rej = list_labeled(dirs[split], trusted)
             rejected += _relative_to(rej, dirs[split], raw)
             unknown = sorted(set(split_classes) - set(classes))
             if unknown:
                 raise StageError(f"{dirs[split]} has class folders not in train: {', '.join(unknown)}")
             items[split] = [(p, class_index[c]) for p, c in pairs]
-    unlabeled, rej = list_unlabeled(raw / "unlabeled") if (raw / "unlabeled").is_dir() else ([], [])
+    unlabeled, rej = list_unlabeled(raw / "unlabeled", trusted) if (raw / "unlabeled").is_dir() else ([], [])
     rejected += _relative_to(rej, raw / "unlabeled", raw)
     if d.max_unlabeled and len(unlabeled) > d.max_unlabeled:
         keep = np.sort(np.random.default_rng(params.seed).choice(len(unlabeled), d.max_unlabeled, replace=False))
@@ -124,7 +122,7 @@ def decode_all(params: Params, root: Path, items: dict, rejected: list[Rejected]
 def prepare(params: Params, root: Path = Path(".")) -> dict:
     d = params.data
     raw, out = root / d.raw_dir, root / d.prepared_dir
-    items, classes, rejected = list_raw(params, raw)
+    items, classes, rejected = list_raw(params, root)
     decoded, known, info = decode_all(params, root, items, rejected)
     write_quarantine(root, rejected, info["notes"])   # first: every error below points at it
     train = decoded["train"]
@@ -209,8 +207,9 @@ def write_outputs(params: Params, out: Path, chosen: dict, classes: list[str], i
              "content_sha1": h, "row": r}
             for name in SPLITS for p, y, m, h, r in zip(chosen[name].paths, chosen[name].labels, chosen[name].md5s,
                                                         chosen[name].pixel_sha1, chosen[name].rows)]
-    pd.DataFrame(rows, columns=["split", "path", "label", "class", "content_md5", "content_sha1", "row"]).to_csv(
-        out / "manifest.csv", index=False)
+    table = pd.DataFrame(rows, columns=["split", "path", "label", "class", "content_md5", "content_sha1", "row"])
+    # atomically: with DVC's hard links, writing into the old file in place would change DVC's cached copy
+    atomic_write_bytes(table.to_csv(index=False).encode(), out / "manifest.csv")
 
 
 def write_quarantine(root: Path, rejected: list[Rejected], notes: list[tuple[str, str]]) -> None:

@@ -22,6 +22,12 @@ import yaml
 
 from ssl_core.fsutil import LockBusy, exclusive_lock
 
+# How DVC puts cached files into the workspace, first that the filesystem allows: a reflink (copy on
+# write: no second copy, safe to edit), else a hard link (no second copy; DVC makes the file read-only,
+# and writing into it in place would change the cached copy too), else a symlink (the cache may be on
+# another filesystem), else a copy (twice the disk). An import of 200k files then does not double the
+# disk. A cache.type the user set is left alone. README: "Bring your own data" has the trade-offs.
+CACHE_LINK_TYPES = "reflink,hardlink,symlink,copy"
 LOCAL_REMOTE = "localremote"
 LOCAL_REMOTE_DIR = ".dvc-remote"
 DATASETS = ("unlabeled", "labeled")  # the folders under data.raw_dir
@@ -124,9 +130,9 @@ def _git_toplevel(root: Path) -> Path | None:
 
 
 def ensure_repo(root: str | Path) -> Path:
-    """git init + dvc init + default local remote `.dvc-remote/` (git-ignored). Idempotent.
+    """git init + dvc init + default local remote `.dvc-remote/` (git-ignored) + cache link types. Idempotent.
 
-    An already configured default remote (e.g. the user pointed DVC at S3) is left alone.
+    An already configured default remote (e.g. the user pointed DVC at S3) or cache.type is left alone.
     """
     root = Path(root).resolve()
     root.mkdir(parents=True, exist_ok=True)
@@ -144,6 +150,8 @@ def ensure_repo(root: str | Path) -> Path:
         dvc("remote", "add", *([] if has_default else ["-d"]), LOCAL_REMOTE, LOCAL_REMOTE_DIR, cwd=root)
     elif not has_default:
         dvc("remote", "default", LOCAL_REMOTE, cwd=root)
+    if "cache.type" not in config:
+        dvc("config", "cache.type", CACHE_LINK_TYPES, cwd=root)
     _ensure_gitignored(root, f"/{LOCAL_REMOTE_DIR}/")
     return root
 
