@@ -9,8 +9,8 @@ Models:
 - a local `models/classifier.pt` (state_dict) beside its `models/classifier.json` (architecture,
   image_size, in_channels, classes), loaded with weights_only=True.
 
-Images are decoded exactly as in training (ssl_core.data.images: shorter side resized, centre
-crop, converted to the model's channels). Files that cannot be used are reported, never fatal.
+Images are decoded exactly as in training (ssl_core.data.images: the data.resize policy and the
+per-channel ranges of deep sources recorded with the model, converted to the model's channels). Files that cannot be used are reported, never fatal.
 """
 from __future__ import annotations
 
@@ -38,6 +38,8 @@ class Predictor:
     channels: int
     classes: list[str]
     source: str
+    resize: str = "crop"                                    # data.resize the model was trained with
+    ranges: tuple[tuple[float, float], ...] | None = None   # per-channel ranges of deep sources (prepare's)
 
     def logits(self, images: torch.Tensor) -> torch.Tensor:
         with torch.no_grad():
@@ -62,7 +64,13 @@ def _load_local_state_dict(path: Path) -> Predictor:
     model.load_state_dict(torch.load(path, weights_only=True, map_location="cpu"))
     model.eval()
     return Predictor(model, int(spec["image_size"]), int(spec["in_channels"]), [str(c) for c in spec["classes"]],
-                     str(path))
+                     str(path), *_decoding(spec))
+
+
+def _decoding(meta: dict) -> tuple[str, tuple | None]:
+    """(resize policy, channel ranges) recorded beside a model; older models: centre crop, no ranges."""
+    ranges = meta.get("channel_ranges")
+    return str(meta.get("resize") or "crop"), tuple(tuple(float(v) for v in r) for r in ranges) if ranges else None
 
 
 def _classes_for(info, num_classes: int, root: Path) -> list[str]:
@@ -96,7 +104,7 @@ def _load_mlflow(uri: str, root: Path) -> Predictor:
         raise ValueError(f"the model {uri} has no image input signature [-1, C, S, S] (found {shape or 'none'})")
     outputs = info.signature.outputs.inputs[0].shape if info.signature.outputs else (-1, 0)
     classes = _classes_for(info, int(outputs[-1]), root)
-    return Predictor(model, int(shape[2]), int(shape[1]), classes, uri)
+    return Predictor(model, int(shape[2]), int(shape[1]), classes, uri, *_decoding(info.metadata or {}))
 
 
 def load_predictor(model: str | None = None, root: Path = Path(".")) -> Predictor:
@@ -130,7 +138,8 @@ def predict_files(predictor: Predictor, target: Path,
     rows = [{"path": p, "class": "", "confidence": "", "error": why} for p, why in skipped]
     for start in range(0, len(files), CHUNK):
         chunk = files[start:start + CHUNK]
-        decoded = decode_images([(p, -1) for p in chunk], base, predictor.image_size, predictor.channels)
+        decoded = decode_images([(p, -1) for p in chunk], base, predictor.image_size, predictor.channels,
+                                resize=predictor.resize, ranges=predictor.ranges)
         rows += [{"path": str(base / r.path), "class": "", "confidence": "", "error": r.reason}
                  for r in decoded.rejected]
         if len(decoded.paths):
