@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import time
 from pathlib import Path
 
 from ssl_pipeline.cli.common import params_of
@@ -29,7 +30,7 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
 
 def cmd_data(args) -> int:
     from ssl_pipeline.versioning import workspace as dvcops
-    from ssl_pipeline.progress import Progress
+    from ssl_pipeline.progress import Progress, log
 
     root = Path(".")
     raw = Path(params_of(args).data.raw_dir)
@@ -58,7 +59,12 @@ def cmd_data(args) -> int:
         targets = [str(raw / "labeled")] if args.kind == "labeled" else [str(raw / "unlabeled")]
         if args.kind == "labeled" and args.also_unlabeled:
             targets.append(str(raw / "unlabeled"))
+        files = sum(result["copied"].values())
+        log.info("data import: dvc add %s (%d files: hashing, then linking them from DVC's cache) ...",
+                 " ".join(targets), files)
+        start = time.perf_counter()
         md5s = dvcops.track(root, targets)
+        log.info("data import: dvc add done in %.1f s", time.perf_counter() - start)
         print(json.dumps({"imported": result, "dvc_md5": md5s}, indent=2, default=str))
     elif args.data_command == "status":
         print(json.dumps(dvcops.status(root, str(raw)), indent=2, default=str))
