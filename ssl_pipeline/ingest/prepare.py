@@ -9,6 +9,7 @@ Memory: one image per decode worker plus per-file bookkeeping (paths, md5s); nev
 from __future__ import annotations
 
 import dataclasses
+import json
 from pathlib import Path
 
 import numpy as np
@@ -196,7 +197,10 @@ def write_outputs(params: Params, out: Path, chosen: dict, classes: list[str], i
                          np.full(len(s.rows), -1) if name == "unlabeled" else np.asarray(s.labels, np.int64))
     fractions = splits.label_fractions(np.asarray(chosen["train"].labels, np.int64), params.data.label_fractions,
                                        params.data.small_fraction_seeds, params.seed)
-    write_json(out / "fractions.json", fractions)
+    # insertion order kept (fractions ascending, seeds 0..n-1): the finetune stage's cells follow it
+    atomic_write_bytes(json.dumps(fractions).encode(), out / "fractions.json")
+    for legacy in out.glob("*.pt"):   # the one-tensor-per-split cache of earlier versions
+        legacy.unlink()
     write_json(out / "meta.json", {
         "classes": classes, "num_classes": len(classes), "channels": settings.channels,
         "image_size": settings.image_size, "resize": settings.resize,
