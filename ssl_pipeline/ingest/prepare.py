@@ -112,8 +112,9 @@ def decode_all(params: Params, root: Path, items: dict, rejected: list[Rejected]
                 rejected.append(Rejected(rel, known.rejected[md5]))
             else:
                 row, pixel_sha1, file_notes = known.rows[md5]
-                out.rows.append(row), out.labels.append(label), out.paths.append(rel)
-                out.md5s.append(md5), out.pixel_sha1.append(pixel_sha1)
+                for column, value in (("rows", row), ("labels", label), ("paths", rel), ("md5s", md5),
+                                      ("pixel_sha1", pixel_sha1)):
+                    getattr(out, column).append(value)
                 notes += [(rel, n) for n in file_notes]
     info = {"md5_sources": sources, "n_decoded": known.decoded, "n_reused": len(paths) - known.decoded,
             "settings": settings}
