@@ -35,7 +35,7 @@ class PinnedPrefetcher:
         shape = (size, *tuple(images.shape[1:]))
         self.buffers = [torch.empty(shape, dtype=torch.uint8, pin_memory=pin) for _ in range(depth)]
         self.copied: list = [None] * depth   # the CUDA event of each buffer's last copy
-        self.ready: queue.Queue = queue.Queue(maxsize=depth)
+        self.ready: queue.Queue = queue.Queue()   # bounded by the buffers: at most `depth` batches ahead
         self.free: queue.Queue = queue.Queue()
         for k in range(depth):
             self.free.put(k)
