@@ -162,6 +162,7 @@ def _pil_to_array(im: Image.Image, notes: list[str]) -> Image.Image | np.ndarray
 def read_bands(data: bytes, path: Path, s: DecodeSettings) -> tuple[np.ndarray, tuple[int, int]]:
     if path.suffix.lower() == ".npy":
         shape, dtype = bands.npy_shape(data)
+        bands.check_dtype(dtype)   # from the header: an object array is refused before np.load sees it
         _, h, w = bands.band_layout(shape)
         check_size(w, h, len(data), s.max_megapixels)
         return bands.read_npy(data), (w, h)

@@ -27,7 +27,8 @@ def tiny_tracked_workspace(tmp_path, link_type: str | None = None):
 def test_workspaces_link_dvc_cache_files_instead_of_copying(tmp_path):
     root = tiny_tracked_workspace(tmp_path)
     configured = dvcops.dvc("config", "cache.type", cwd=root).stdout.strip()
-    image = next((root / "data/raw/unlabeled").iterdir())
+    # a test image: its content is in no other file (DVC copies a second file of the same content)
+    image = next((root / "data/raw/labeled/test/class0").iterdir())
     if dvcops.reflink_works(root / ".dvc"):
         assert configured == dvcops.CACHE_LINK_TYPES
     else:   # e.g. ext4: hard links, one inode for the workspace file and DVC's cached copy
