@@ -9,7 +9,7 @@ export PREFECT_SERVER_ANALYTICS_ENABLED ?= false
 export DO_NOT_TRACK ?= 1
 export DVC_NO_ANALYTICS ?= 1
 
-.PHONY: run test install ui bench compare lock clean-outputs
+.PHONY: run test install ui bench bench-data compare lock clean-outputs
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -35,6 +35,11 @@ ui: install
 
 bench: install
 	$(BIN)/ssl-pipeline bench --method simclr --backbone resnet18 --no-small-stem --image-size 32 --batch-size 256 --steps 20
+
+# The data path at scale (import, prepare at 1 and N workers, re-prepare, pretraining from the shards), e.g.
+# make bench-data ARGS="--images 200000 --output bench-data.json"
+bench-data: install
+	$(BIN)/ssl-pipeline bench data $(ARGS)
 
 # Every method on the same data and budget, e.g. make compare ARGS="--methods simclr,rotation --epochs 5"
 compare: install

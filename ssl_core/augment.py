@@ -114,6 +114,36 @@ def _constant(name: str, device: torch.device) -> torch.Tensor:
     return _on_device[key]
 
 
+RGB_ONLY = {"saturation": "saturation", "hue": "hue", "gray_p": "grayscale"}   # knob -> what it does
+
+
+def rgb_only_ops(cfg: AugmentConfig) -> list[str]:
+    """The knobs of `cfg` that switch on an operation defined only for RGB images."""
+    active = []
+    if cfg.jitter_p > 0 and cfg.saturation > 0:
+        active.append("saturation")
+    if cfg.jitter_p > 0 and cfg.hue > 0:
+        active.append("hue")
+    if cfg.gray_p > 0:
+        active.append("gray_p")
+    return active
+
+
+def check_rgb_only(overrides: dict, channels: int, key: str) -> None:
+    """Refuse, naming `key`.<knob>, an RGB-only operation asked for explicitly on non-RGB data.
+    (Brightness, contrast, crops, flips, blur and solarization work on any channel count.)"""
+    if channels == 3:
+        return
+    asked = [k for k in rgb_only_ops(AugmentConfig().with_overrides({"saturation": 0.0, "hue": 0.0, "gray_p": 0.0,
+                                                                       "jitter_p": 1.0, **overrides}))
+             if k in overrides]
+    if asked:
+        knob = asked[0]
+        raise ValueError(f"{key}.{knob}: {RGB_ONLY[knob]} is defined only for RGB (3-channel) images and the data "
+                         f"has {channels} channel(s); set {key}.{knob} to 0 (brightness and contrast work on any "
+                         "channel count)")
+
+
 def _columns(cfg: AugmentConfig, channels: int) -> list[str]:
     """Which random numbers a call draws, in order: depends only on the config and channel count."""
     cols = ["area", "log_ratio", "x0", "y0"]
@@ -144,8 +174,6 @@ def draw_uniform(cfg: AugmentConfig, images_shape: Sequence[int], gen: torch.Gen
                  device: torch.device | str | None = None) -> torch.Tensor:
     """All of a call's random numbers in one draw: [B, columns] uniforms (one kernel on CUDA)."""
     b, c = images_shape[:2]
-    if c not in (1, 3):
-        raise ValueError(f"augment handles 1- or 3-channel images, got {c} channels")
     return torch.rand(b, len(_columns(cfg, c)), generator=gen, device=device)
 
 
@@ -243,7 +271,10 @@ def _colour(x: torch.Tensor, p: AugmentParams) -> torch.Tensor:
     if p.contrast is not None:
         # blend with the mean luma of the (brightened) image, as torchvision's adjust_contrast
         means = x.mean(dim=(2, 3))
-        luma = means[:, 0] if c == 1 else LUMA[0] * means[:, 0] + LUMA[1] * means[:, 1] + LUMA[2] * means[:, 2]
+        if c == 3:
+            luma = LUMA[0] * means[:, 0] + LUMA[1] * means[:, 1] + LUMA[2] * means[:, 2]
+        else:   # one band, or multi-band data: the mean over the bands stands for the brightness
+            luma = means[:, 0] if c == 1 else means.mean(dim=1)
         offset = (1 - p.contrast) * gain * luma
         gain = gain * p.contrast
     if uses_matrix:

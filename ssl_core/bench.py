@@ -155,7 +155,9 @@ class StepBench:
     """One method on one device, with what every phase shares: the optimizer, the uint8 cache, the
     batch whose recorded views (b) replays, and a step counter that seeds each step's generator."""
 
-    def __init__(self, args: argparse.Namespace):
+    def __init__(self, args: argparse.Namespace, cache=None):
+        """cache: the uint8 images [N, C, S, S] to read batches from (a tensor or the sharded store's
+        ShardedImages); None: a synthetic in-memory cache of args.cache_images images."""
         self.args = args
         self.device = device = resolve_device(args.device)
         if args.threads:
@@ -176,7 +178,7 @@ class StepBench:
         self.method.train()
         self.optimizer = build_optimizer(self.method, args.optimizer, 1e-3, 1e-4)
         self.autocast = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if cuda else contextlib.nullcontext
-        self.cache = synthetic_cache(args.cache_images or 4 * self.b, c, s, args.seed)
+        self.cache = cache if cache is not None else synthetic_cache(args.cache_images or 4 * self.b, c, s, args.seed)
         # (a)'s batches: indexed where the cache lives (on the device: no host work, no copy per step)
         self.source = self.cache.to(device) if self.on_device else self.cache
         self.sample_gen = torch.Generator(device=self.source.device).manual_seed(args.seed)

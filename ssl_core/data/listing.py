@@ -1,14 +1,14 @@
 """List user image folders: which files are images, and why each other entry is left out.
 
 Decisions (documented here because `prepare` and the README rely on them):
-- Supported formats, by extension: PNG, JPEG (.jpg/.jpeg), BMP, TIFF (.tif/.tiff) and WebP (when
-  PIL has it). GIF (often animated), SVG (vector), HEIC, ICO, PSD and everything else is rejected
+- Supported formats, by extension: PNG, JPEG (.jpg/.jpeg), BMP, TIFF (.tif/.tiff), WebP (when
+  PIL has it) and NumPy arrays (.npy, 1-16 bands). GIF (often animated), SVG (vector), HEIC, ICO, PSD and everything else is rejected
   with "unsupported format .xyz"; `images.py` lets PIL parse a file only as these formats.
 - Hidden files and folders (name starting with "."; .DS_Store, ._foo.png, .git) are not used and
   are reported once each as Rejected ("hidden file skipped" / "hidden folder skipped") without
   descending into them: nothing disappears without a trace in the quarantine report.
-- Symlinks are followed inside the data folder; one escaping it, a broken one, or one to a folder
-  listed anyway is reported instead. Fifos and devices are never opened.
+- Symlinks are followed inside the data folder (and into DVC's cache, which links files there with
+  cache.type symlink); one escaping it, a broken one, or one to a folder listed anyway is reported instead. Fifos and devices are never opened.
 """
 from __future__ import annotations
 
@@ -24,7 +24,8 @@ EXT_TO_FORMAT = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG", ".bmp": "BMP",
                  ".tif": "TIFF", ".tiff": "TIFF"}
 if features.check("webp"):
     EXT_TO_FORMAT[".webp"] = "WEBP"
-IMAGE_EXTENSIONS: frozenset[str] = frozenset(EXT_TO_FORMAT)
+ARRAY_EXTENSIONS = frozenset({".npy"})          # multi-band arrays (ssl_core/data/bands.py)
+IMAGE_EXTENSIONS: frozenset[str] = frozenset(EXT_TO_FORMAT) | ARRAY_EXTENSIONS
 
 
 @dataclass
@@ -51,11 +52,13 @@ class _Lister:
     so when a link points at a folder that is listed anyway, the real path wins and the link is
     reported instead of listing the same files twice (this also ends symlink loops)."""
 
-    def __init__(self, root: Path):
+    def __init__(self, root: Path, trusted: tuple[Path, ...] = ()):
         self.root = Path(root)
         if not self.root.is_dir():
             raise FileNotFoundError(f"data folder not found: {root}")
         self.root_real = os.path.realpath(self.root)
+        # symlinks may also point into these (DVC's cache, when it links files into the workspace)
+        self.trusted = tuple(os.path.realpath(t) for t in trusted)
         self.files: list[tuple[Path, str]] = []  # (path, tag: the class name or "")
         self.rejected: list[Rejected] = []
         self._seen: set[tuple[int, int]] = set()  # (device, inode) of listed folders
@@ -72,7 +75,8 @@ class _Lister:
             real = os.path.realpath(entry.path)
             if not os.path.exists(real):
                 return "broken symlink"
-            if real != self.root_real and not real.startswith(self.root_real + os.sep):
+            inside = [r for r in (self.root_real, *self.trusted) if real == r or real.startswith(r + os.sep)]
+            if not inside:
                 return "symlink escapes data folder"
         return None
 
@@ -128,21 +132,22 @@ class _Lister:
                     self.reject(path, reason)
 
 
-def list_unlabeled(root: Path) -> tuple[list[Path], list[Rejected]]:
-    """Every supported image file under `root` (recursive, sorted) and what was left out."""
-    lister = _Lister(root)
+def list_unlabeled(root: Path, trusted: tuple[Path, ...] = ()) -> tuple[list[Path], list[Rejected]]:
+    """Every supported image file under `root` (recursive, sorted) and what was left out.
+    trusted: folders outside `root` that symlinks may point into (DVC's cache)."""
+    lister = _Lister(root, trusted)
     lister.run([(lister.root, "")])
     return [path for path, _ in lister.files], lister.rejected
 
 
-def list_labeled(root: Path) -> tuple[list[tuple[Path, str]], list[str], list[Rejected]]:
+def list_labeled(root: Path, trusted: tuple[Path, ...] = ()) -> tuple[list[tuple[Path, str]], list[str], list[Rejected]]:
     """One subfolder per class (images may sit in nested folders inside it).
 
     Returns ([(path, class_name)], sorted class names, rejected). Files directly under `root` are
     rejected ("not inside a class folder"); a class folder without a single candidate image file
     is reported ("empty class folder") and is not a class.
     """
-    lister = _Lister(root)
+    lister = _Lister(root, trusted)
     starts: list[tuple[Path, str]] = []
     for entry in sorted(os.scandir(lister.root), key=lambda e: e.name):
         reason = lister.problem(entry)

@@ -78,6 +78,10 @@ class SSLMethod(nn.Module):
     augment_recipe: ClassVar[dict[str, Any]] = {}
     backbone_family: ClassVar[str | None] = None   # "vit" | "resnet" | None (any)
     requires_color: ClassVar[bool] = False
+    # What the recipe's RGB-only colour ops (saturation, hue, grayscale) do on data that is not RGB:
+    # "skip" them with a note (the other augmentations still run), or "refuse" the data with one sentence.
+    # Ops asked for explicitly in pretrain.augment are always refused on such data.
+    rgb_only_augment: ClassVar[str] = "skip"
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -99,7 +103,26 @@ class SSLMethod(nn.Module):
         if cls.requires_color and image_shape[0] != 3:
             raise ValueError(f"method {cls.name!r} needs colour (3-channel) images; this data set has "
                              f"{image_shape[0]} channel(s). Pick another pretrain.method.")
+        cls.augment_notes(image_shape[0], augment_overrides or {})
         return cls(backbone, params, augment, image_shape)
+
+    @classmethod
+    def augment_notes(cls, channels: int, augment_overrides: dict) -> list[str]:
+        """Notes on the recipe's RGB-only ops skipped for `channels` channels; a ValueError naming the key
+        when they are refused (asked for in pretrain.augment, or the method's rgb_only_augment is "refuse")."""
+        from ssl_core.augment import RGB_ONLY, check_rgb_only, rgb_only_ops
+
+        check_rgb_only(augment_overrides, channels, "pretrain.augment")
+        recipe = AugmentConfig().with_overrides({**cls.augment_recipe, **augment_overrides})
+        ops = rgb_only_ops(recipe)
+        if channels == 3 or not ops:
+            return []
+        what = ", ".join(RGB_ONLY[k] for k in ops)
+        if cls.rgb_only_augment == "refuse":
+            raise ValueError(f"pretrain.method: {cls.name!r} relies on RGB-only colour augmentation ({what}) and the "
+                             f"data has {channels} channel(s); pick another pretrain.method")
+        return [f"{cls.name}: the recipe's {what} (RGB-only) skipped on {channels}-channel data; the other "
+                "augmentations run"]
 
     def loss(self, images_u8: torch.Tensor, gen: torch.Generator | None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """Make this method's views/targets from a uint8 batch and return (loss, extra metrics)."""

@@ -70,8 +70,9 @@ class PretrainRecipe:
         return cls(**{**raw, "encoder": EncoderSpec(**raw["encoder"])})
 
 
-def check_method_fits_data(recipe: PretrainRecipe, why_channels: str = "") -> None:
-    """What the data decides (e.g. channels): fail before any tracking or training.
+def check_method_fits_data(recipe: PretrainRecipe, why_channels: str = "") -> list[str]:
+    """What the data decides (e.g. channels): fail before any tracking or training; returns notes to log
+    (RGB-only augmentations skipped on other channel counts).
     why_channels: where the channel count came from, for the message (e.g. "data.channels: auto")."""
     cls = get_method_class(recipe.method)
     if cls.requires_color and recipe.encoder.in_channels != 3:
@@ -79,6 +80,10 @@ def check_method_fits_data(recipe: PretrainRecipe, why_channels: str = "") -> No
         raise RecipeError(f"pretrain.method: {recipe.method!r} needs colour (3-channel) images but the prepared "
                           f"data has {recipe.encoder.in_channels} channel(s){why}; pick another pretrain.method or "
                           "import colour images")
+    try:
+        return cls.augment_notes(recipe.encoder.in_channels, recipe.augment)
+    except ValueError as err:
+        raise RecipeError(str(err)) from None
 
 
 def check_init(recipe: PretrainRecipe, source: str = "") -> InitReport | None:

@@ -18,6 +18,7 @@ from torch import nn
 from ssl_core.training import distributed as dist_utils
 from ssl_core.augment import compiled_augment
 from ssl_core.training.clock import StepClock
+from ssl_core.training.prefetch import batches
 from ssl_core.training.optim import apply_schedule, build_optimizer, group_hyperparameters, warmup_cosine
 
 
@@ -163,7 +164,8 @@ def pretrain(method: nn.Module, images_u8: torch.Tensor, cfg: TrainConfig,
     optimizer, scheduler, state, images_u8 = run.optimizer, run.scheduler, run.state, run.images_u8
     world, rank = dist_utils.world_size(), dist_utils.rank()
     n, spe, global_batch = images_u8.shape[0], run.steps_per_epoch, run.global_batch
-    pinned = device.type == "cuda" and not cfg.cache_on_device
+    # CUDA with the cache in host memory: batches through a pinned, prefetched buffer (training/prefetch.py)
+    prefetch = device.type == "cuda" and images_u8.device.type != "cuda"
     method.train()
     with compiled_augment(cfg.compile_augment, device):   # a no-op when off
         while state.epoch < cfg.epochs:
@@ -171,10 +173,9 @@ def pretrain(method: nn.Module, images_u8: torch.Tensor, cfg: TrainConfig,
             order = epoch_order(cfg.seed, state.epoch, n).to(images_u8.device)
             t0 = time.perf_counter()
             losses = [torch.tensor(v, device=device) for v in state.epoch_losses[:state.step_in_epoch]]
-            for step in range(state.step_in_epoch, spe):
-                idx = dist_utils.shard_batch(order[step * global_batch:(step + 1) * global_batch], rank, world)
-                batch = images_u8[idx]
-                batch = batch.pin_memory().to(device, non_blocking=True) if pinned else batch.to(device)
+            steps = range(state.step_in_epoch, spe)
+            indices = [dist_utils.shard_batch(order[s * global_batch:(s + 1) * global_batch], rank, world) for s in steps]
+            for step, batch in zip(steps, batches(images_u8, indices, device, prefetch)):
                 gen = step_generator(cfg.seed, state.global_step * world + rank, device)
                 clock = StepClock(state.global_step, spe, run.total_steps)
                 apply_schedule(optimizer, run.built, method.optimizer_schedule(clock))   # {}: nothing changes

@@ -37,7 +37,9 @@ NAME = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$"
 NAME_RULE = "1-100 letters, digits, '_', '.' or '-', starting with a letter or digit"
 WORKSPACE_PATH = r"^(?!/)(?!.*(^|/)\.\.?(/|$))[A-Za-z0-9_.-]+(/[A-Za-z0-9_.-]+)*$"
 PATH_RULE = "a relative folder inside the workspace (letters, digits, '_', '.', '-' and '/'; no '..')"
-HOST_PORT = r"^$|^[A-Za-z0-9_.-]+:([1-9][0-9]{0,3}|[1-5][0-9]{4}|6[0-4][0-9]{3}|65[0-4][0-9]{2}|655[0-2][0-9]|6553[0-5])$"
+PORT = r"([1-9][0-9]{0,3}|[1-5][0-9]{4}|6[0-4][0-9]{3}|65[0-4][0-9]{2}|655[0-2][0-9]|6553[0-5])"
+HOST_PORT = rf"^$|^[A-Za-z0-9_.-]+:{PORT}$"
+DASK_ADDRESS = rf"^$|^((tcp|tls|ucx|ws|wss)://)?[A-Za-z0-9_.-]+:{PORT}$"   # what distributed.Client connects to
 
 
 class _Section(BaseModel):
@@ -76,13 +78,30 @@ class DataParams(_Section):
     prepared_dir: str = "data/prepared"
     _paths_ok = field_validator("raw_dir", "prepared_dir")(_matches(WORKSPACE_PATH, PATH_RULE))
     image_size: int = Field(28, ge=8, le=512)
-    channels: Literal["auto", 1, 3] = "auto"
+    resize: Literal["crop", "pad", "squash"] = "crop"   # how a non-square image becomes image_size x image_size
+    channels: Literal["auto"] | int = "auto"            # auto, or 1..16 (checked below)
+    max_megapixels: float = Field(200.0, ge=1, le=10_000)   # larger files are quarantined (memory bound)
+    range_percentiles: tuple[float, float] = (0.1, 99.9)  # deep (16-bit, float) sources: per-channel range
     val_fraction: float = Field(0.1, gt=0, lt=1)
     test_fraction: float = Field(0.2, gt=0, lt=1)
     label_fractions: list[float] = Field(default_factory=lambda: [0.01, 0.1, 1.0], min_length=1, max_length=20)
     small_fraction_seeds: int = Field(3, ge=1, le=20)
     max_unlabeled: int = Field(0, ge=0, le=10**10)
     pool_includes_labeled: bool = True
+
+    @field_validator("channels")
+    @classmethod
+    def _channel_count(cls, value: Any) -> Any:
+        if value != "auto" and not (isinstance(value, int) and not isinstance(value, bool) and 1 <= value <= 16):
+            raise ValueError(f"channels is auto or a count from 1 to 16, got {value!r}")
+        return value
+
+    @field_validator("range_percentiles")
+    @classmethod
+    def _percentile_pair(cls, value: tuple[float, float]) -> tuple[float, float]:
+        if not 0 <= value[0] < value[1] <= 100:
+            raise ValueError(f"range_percentiles is [low, high] with 0 <= low < high <= 100, got {list(value)}")
+        return value
 
     @field_validator("label_fractions")
     @classmethod
@@ -91,6 +110,15 @@ class DataParams(_Section):
             if not 0 < f <= 1:
                 raise ValueError(f"every label fraction must be in (0, 1], got {f}")
         return sorted(set(value))
+
+
+class PrepareParams(_Section):
+    """How `prepare` runs (not what it makes: outputs are identical for every value here)."""
+    workers: int = Field(0, ge=0, le=1024)       # decode processes; 0 = every core of this machine
+    dask_address: str = ""                       # tcp://scheduler:8786 = decode on that Dask cluster instead
+    _dask_ok = field_validator("dask_address")(_matches(DASK_ADDRESS, "\"\" or a scheduler address such as "
+                                                               "tcp://scheduler:8786 (tcp, tls, ucx, ws or wss)"))
+    shard_mb: int = Field(64, ge=1, le=4096)     # size of a new cache shard
 
 
 class PretrainParams(_Section):
@@ -278,6 +306,7 @@ class CompareParams(_Section):
 class Params(_Section):
     seed: int = Field(0, ge=0, le=MAX_SEED)
     data: DataParams = Field(default_factory=DataParams)
+    prepare: PrepareParams = Field(default_factory=PrepareParams)
     pretrain: PretrainParams = Field(default_factory=PretrainParams)
     finetune: FinetuneParams = Field(default_factory=FinetuneParams)
     evaluate: EvaluateParams = Field(default_factory=EvaluateParams)

@@ -1,46 +1,30 @@
-"""Preparing the data cache: decode + validate the raw image folders into uint8 caches, a manifest
-and seeded splits (the prepare stage runs this).
+"""Preparing the data cache: list the raw folders, hash them, decode what is new into the sharded uint8
+store, carve stable splits, and write the split row lists, a manifest and the reports.
 
-Outputs (data/prepared/): unlabeled.pt, train.pt, val.pt, test.pt, meta.json, fractions.json,
-manifest.csv; reports/quarantine.csv (every rejected or converted file, with the reason).
+Outputs (data/prepared/): store/ (shards + index), <split>.rows.npy / .labels.npy, meta.json,
+fractions.json, manifest.csv; reports/quarantine.csv (every rejected or converted file, with the
+reason, written before any error that points at it) and reports/leakage.csv.
+Memory: one image per decode worker plus per-file bookkeeping (paths, md5s); never the pixels of a set.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from ssl_pipeline.config.schema import Params
 from ssl_core.data import images as img
-from ssl_core.data.listing import Rejected, list_labeled, list_unlabeled
-from ssl_core.data.cache import LABELED_SPLITS, SPLITS, save_split
+from ssl_core.data.cache import LABELED_SPLITS, SPLITS, STORE_DIR, load_meta, write_split_rows
+from ssl_core.data.listing import Rejected, list_labeled, list_unlabeled, relative_posix
+from ssl_core.fsutil import atomic_write_bytes, write_json
+from ssl_pipeline.config.schema import Params
 from ssl_pipeline.errors import StageError
+from ssl_pipeline.ingest import hashing, prepared_store as store, splits, workers
+from ssl_pipeline.ingest.decode_settings import decode_settings
 from ssl_pipeline.outputs import LEAKAGE_CSV, QUARANTINE_CSV
 from ssl_pipeline.progress import Progress, log
-
-
-def balanced_subset(labels: np.ndarray, fraction: float, seed: int, min_per_class: int = 1) -> np.ndarray:
-    """Class-balanced seeded sample of `fraction` of the indices (at least min_per_class per class)."""
-    rng = np.random.default_rng(seed)
-    chosen = []
-    for c in np.unique(labels):
-        idx = np.flatnonzero(labels == c)
-        k = min(len(idx), max(min_per_class, int(round(fraction * len(idx)))))
-        chosen.append(rng.choice(idx, size=k, replace=False))
-    return np.sort(np.concatenate(chosen)) if chosen else np.zeros(0, dtype=np.int64)
-
-
-def label_fractions(train_labels: np.ndarray, fractions: list[float], seeds: int, base_seed: int) -> dict:
-    out: dict[str, dict[str, list[int]]] = {}
-    for f in fractions:
-        n_seeds = 1 if f >= 1.0 else seeds
-        out[f"{f:g}"] = {str(s): (np.arange(len(train_labels)) if f >= 1.0 else
-                                  balanced_subset(train_labels, f, base_seed * 1000 + s)).tolist()
-                         for s in range(n_seeds)}
-    return out
-
 
 def _relative_to(rejected: list[Rejected], listed_root: Path, raw: Path) -> list[Rejected]:
     """Listing reports paths relative to the folder it listed; quarantine.csv uses data/raw-relative."""
@@ -55,133 +39,204 @@ def _labeled_dirs(labeled_root: Path) -> dict[str, Path | None]:
     return {"train": labeled_root, "val": None, "test": None}
 
 
-def prepare(params: Params, root: Path = Path(".")) -> dict:
+def list_raw(params: Params, root: Path) -> tuple[dict[str, list[tuple[Path, int]]], list[str], list[Rejected]]:
+    """The image files of every folder: {"train"|"val"|"test"|"unlabeled": [(path, label)]}, classes, rejected."""
     d = params.data
-    raw, out = root / d.raw_dir, root / d.prepared_dir
+    raw = root / d.raw_dir
     dirs = _labeled_dirs(raw / "labeled")
-    items_by_split: dict[str, list[tuple[Path, int]]] = {}
-    rejected: list[Rejected] = []
-    class_paths, classes, rej = list_labeled(dirs["train"])
-    rejected += _relative_to(rej, dirs["train"], raw)
+    items: dict[str, list[tuple[Path, int]]] = {}
+    trusted = (root / ".dvc" / "cache",)   # DVC links files from there when cache.type is symlink
+    class_paths, classes, rej = list_labeled(dirs["train"], trusted)
+    rejected = _relative_to(rej, dirs["train"], raw)
     if not classes:
         raise StageError(f"no labeled images found under {dirs['train']}: expected one folder per class")
     class_index = {c: i for i, c in enumerate(classes)}
-    items_by_split["train"] = [(p, class_index[c]) for p, c in class_paths]
+    items["train"] = [(p, class_index[c]) for p, c in class_paths]
     for split in ("val", "test"):
         if dirs[split] is not None:
-            pairs, split_classes, rej = list_labeled(dirs[split])
+            pairs, split_classes, rej = list_labeled(dirs[split], trusted)
             rejected += _relative_to(rej, dirs[split], raw)
             unknown = sorted(set(split_classes) - set(classes))
             if unknown:
                 raise StageError(f"{dirs[split]} has class folders not in train: {', '.join(unknown)}")
-            items_by_split[split] = [(p, class_index[c]) for p, c in pairs]
-    unlabeled_paths, rej = list_unlabeled(raw / "unlabeled") if (raw / "unlabeled").is_dir() else ([], [])
+            items[split] = [(p, class_index[c]) for p, c in pairs]
+    unlabeled, rej = list_unlabeled(raw / "unlabeled", trusted) if (raw / "unlabeled").is_dir() else ([], [])
     rejected += _relative_to(rej, raw / "unlabeled", raw)
-    if d.max_unlabeled and len(unlabeled_paths) > d.max_unlabeled:
-        keep = np.sort(np.random.default_rng(params.seed).choice(len(unlabeled_paths), d.max_unlabeled, replace=False))
-        unlabeled_paths = [unlabeled_paths[i] for i in keep]
-    items_by_split["unlabeled"] = [(p, -1) for p in unlabeled_paths]
+    if d.max_unlabeled and len(unlabeled) > d.max_unlabeled:
+        keep = np.sort(np.random.default_rng(params.seed).choice(len(unlabeled), d.max_unlabeled, replace=False))
+        unlabeled = [unlabeled[i] for i in keep]
+    items["unlabeled"] = [(p, -1) for p in unlabeled]
+    return items, classes, rejected
 
-    all_paths = [p for items in items_by_split.values() for p, _ in items]
-    channels = img.detect_channels(all_paths) if d.channels == "auto" else int(d.channels)
-    decoded: dict[str, img.ImageSet] = {}
-    for split, items in items_by_split.items():
-        bar = Progress(len(items), f"decode {split}")
-        decoded[split] = img.decode_images(items, raw, d.image_size, channels, progress=bar.update)
+
+@dataclasses.dataclass
+class Decoded:
+    """One folder's usable images after decoding (in listing order)."""
+    rows: list[int] = dataclasses.field(default_factory=list)
+    labels: list[int] = dataclasses.field(default_factory=list)
+    paths: list[str] = dataclasses.field(default_factory=list)
+    md5s: list[str] = dataclasses.field(default_factory=list)
+    pixel_sha1: list[str] = dataclasses.field(default_factory=list)
+
+
+def decode_all(params: Params, root: Path, items: dict, rejected: list[Rejected]) -> tuple[dict, store.Known, dict]:
+    """Hash every file, decode the contents the store lacks, and sort the results back per folder."""
+    d, p = params.data, params.prepare
+    raw, folder = root / d.raw_dir, root / d.prepared_dir / STORE_DIR
+    paths = [path for folder_items in items.values() for path, _ in folder_items]
+    with workers.runner(p.workers, p.dask_address) as run:
+        md5s, sources = hashing.content_md5s(root, raw, paths, run)
+        settings = decode_settings(params, items, md5s, folder, run)
+        known = store.load_known(folder, settings)
+        new, seen = [], set()
+        for path, md5 in zip(paths, md5s):
+            if md5 and md5 not in known.rows and md5 not in known.rejected and md5 not in seen:
+                seen.add(md5)
+                new.append((str(path), md5))
+        log.info("prepare: %d of %d files are new contents to decode (%s)", len(new), len(paths), run.where)
+        bar = Progress(len(new), "decode")
+        store.add_new(folder, settings, new, known, run, p.shard_mb << 20, done=bar.update,
+                      note={"percentiles": list(d.range_percentiles)})
         bar.close()
-        rejected += decoded[split].rejected
+    decoded: dict[str, Decoded] = {}
+    notes: list[tuple[str, str]] = []
+    position = 0
+    for split, folder_items in items.items():
+        out = decoded[split] = Decoded()
+        for path, label in folder_items:
+            rel, md5 = relative_posix(path, raw), md5s[position]
+            position += 1
+            if md5 is None:
+                rejected.append(Rejected(rel, "unreadable file"))
+            elif md5 in known.rejected:
+                rejected.append(Rejected(rel, known.rejected[md5]))
+            else:
+                row, pixel_sha1, file_notes = known.rows[md5]
+                for column, value in (("rows", row), ("labels", label), ("paths", rel), ("md5s", md5),
+                                      ("pixel_sha1", pixel_sha1)):
+                    getattr(out, column).append(value)
+                notes += [(rel, n) for n in file_notes]
+    info = {"md5_sources": sources, "n_decoded": known.decoded, "n_reused": len(paths) - known.decoded,
+            "settings": settings}
+    return decoded, known, {**info, "notes": notes}
+
+
+def prepare(params: Params, root: Path = Path(".")) -> dict:
+    d = params.data
+    raw, out = root / d.raw_dir, root / d.prepared_dir
+    items, classes, rejected = list_raw(params, root)
+    decoded, known, info = decode_all(params, root, items, rejected)
+    write_quarantine(root, rejected, info["notes"])   # first: every error below points at it
     train = decoded["train"]
-    if len(train.labels) == 0:
-        raise StageError(f"no usable labeled training images under {dirs['train']} "
+    if not train.rows:
+        raise StageError(f"no usable labeled training images under {raw / 'labeled'} "
                          f"({len(rejected)} files quarantined, see {QUARANTINE_CSV})")
-    splits = _carve_splits(decoded, d, params.seed)
-    splits["unlabeled"], pool_counts = pretraining_pool(splits, decoded["unlabeled"], d.pool_includes_labeled)
-    _write_outputs(out, splits, decoded, classes, channels, params)
-    leaks = img.find_duplicates(splits["train"][2], splits["test"][2])
-    _write_reports(root, rejected, decoded, leaks, splits)
-    counts = {f"n_{s}": len(splits[s][1]) for s in SPLITS}
+    chosen = choose_splits(params, out, decoded, classes)
+    chosen["unlabeled"], pool_counts = pretraining_pool(chosen, decoded["unlabeled"], d.pool_includes_labeled)
+    write_outputs(params, out, chosen, classes, info)
+    leaks = img.find_duplicates(chosen["train"].pixel_sha1, chosen["test"].pixel_sha1)
+    leak_rows = [{"train_path": chosen["train"].paths[i], "test_path": chosen["test"].paths[j]} for i, j in leaks]
+    pd.DataFrame(leak_rows, columns=["train_path", "test_path"]).to_csv(root / LEAKAGE_CSV, index=False)
+    counts = {f"n_{s}": len(chosen[s].rows) for s in SPLITS}
     counts.update(pool_counts)
-    counts.update(n_quarantined=len(rejected), n_converted=sum(len(s.notes) for s in decoded.values()),
-                  n_train_test_duplicates=len(leaks), n_classes=len(classes), channels=channels)
+    counts.update(n_quarantined=len(rejected), n_converted=len(info["notes"]), n_train_test_duplicates=len(leaks),
+                  n_classes=len(classes), channels=info["settings"].channels, n_decoded=info["n_decoded"],
+                  n_reused=info["n_reused"], n_store_rows=len(known.rows),
+                  **{f"n_md5_from_{k}": v for k, v in info["md5_sources"].items()})
     if leaks:
         log.warning("prepare: %d train/test duplicate images (leakage), listed in %s", len(leaks), LEAKAGE_CSV)
-    return {"counts": counts, "classes": classes}
+    return {"counts": counts, "classes": classes, "channel_ranges": info["settings"].ranges}
 
 
-def _carve_splits(decoded: dict[str, img.ImageSet], d, seed: int) -> dict[str, tuple]:
-    """(images, labels, hashes, paths) per split; carve test/val from train where no folder exists."""
-    def take(s: img.ImageSet, idx) -> tuple:
-        idx = np.asarray(idx, dtype=np.int64)
-        return (s.images[idx], s.labels[idx], [s.content_hash[i] for i in idx], [s.paths[i] for i in idx])
+def _ledger(out: Path, settings: dict) -> dict[str, str]:
+    """The previous prepare's carve ({md5: split}) when it was made with the same carve settings."""
+    try:
+        previous = load_meta(out).get("carve")
+        manifest = pd.read_csv(out / "manifest.csv", usecols=["split", "content_md5"])
+    except (OSError, ValueError, KeyError):
+        return {}
+    if previous != settings:
+        return {}
+    labeled = manifest[manifest.split.isin(LABELED_SPLITS)]
+    return dict(zip(labeled.content_md5, labeled.split))
 
+
+def choose_splits(params: Params, out: Path, decoded: dict[str, Decoded], classes: list[str]) -> dict[str, Decoded]:
+    d = params.data
+    settings = splits.carve_settings(params.seed, d.val_fraction, d.test_fraction,
+                                     carve_val="val" not in decoded, carve_test="test" not in decoded)
     train = decoded["train"]
-    all_idx = np.arange(len(train.labels))
-    splits: dict[str, tuple] = {}
-    if "test" in decoded:
-        splits["test"] = take(decoded["test"], np.arange(len(decoded["test"].labels)))
-    else:
-        test_idx = balanced_subset(train.labels, d.test_fraction, seed + 101)
-        splits["test"] = take(train, test_idx)
-        all_idx = np.setdiff1d(all_idx, test_idx)
-    if "val" in decoded:
-        splits["val"] = take(decoded["val"], np.arange(len(decoded["val"].labels)))
-    else:
-        val_rel = balanced_subset(train.labels[all_idx], d.val_fraction, seed + 202)
-        splits["val"] = take(train, all_idx[val_rel])
-        all_idx = np.setdiff1d(all_idx, all_idx[val_rel])
-    splits["train"] = take(train, all_idx)
-    return splits
+    labels = np.asarray(train.labels, dtype=np.int64)
+    splits.check_enough(labels, classes, settings, str(Path(d.raw_dir) / "labeled"))
+    carved = splits.carve(train.md5s, labels, settings, _ledger(out, settings))
+    chosen = {s: _take(train, carved[s]) for s in carved}
+    chosen.update({s: decoded[s] for s in ("val", "test") if s in decoded})
+    if np.any(np.bincount(chosen["train"].labels, minlength=len(classes)) == 0):
+        splits.check_enough(np.zeros(0, np.int64), classes, settings, str(Path(d.raw_dir) / "labeled"))
+    chosen["carve"] = settings
+    return chosen
 
 
-# ---- the pretraining pool (data.pool_includes_labeled; kept apart from the cache code on purpose)
-def pretraining_pool(splits: dict[str, tuple], unlabeled: img.ImageSet, include_labeled: bool) -> tuple[tuple, dict]:
-    """(images, labels, hashes, paths) to pretrain on, and its counts: the unlabeled images, then, with
-    `include_labeled`, the labeled train and val images without their labels. Never a test image (even
-    one copied into the unlabeled folder), and each content once: an image in both folders is not
-    counted twice, so a pool that already holds the labeled images (the demo's) is left as it is."""
-    test_hashes = set(splits["test"][2])
-    keep = [i for i, h in enumerate(unlabeled.content_hash) if h not in test_hashes]
-    parts = [(unlabeled.images[keep], [unlabeled.content_hash[i] for i in keep], [unlabeled.paths[i] for i in keep])]
-    seen, added = set(parts[0][1]) | test_hashes, 0
+def pretraining_pool(chosen: dict[str, Decoded], unlabeled: Decoded, include_labeled: bool) -> tuple[Decoded, dict]:
+    """The images to pretrain on, and its counts: the unlabeled images, then, with `include_labeled`
+    (data.pool_includes_labeled), the labeled train and val images without their labels. Never a test image
+    (even one copied into the unlabeled folder), and each content once: an image in both folders is not
+    counted twice, so a pool that already holds the labeled images (the demo's) is left as it is. Rows of
+    the store, not pixels: the pool costs a list of row ids, whatever it holds."""
+    test_pixels = set(chosen["test"].pixel_sha1)
+    keep = [i for i, h in enumerate(unlabeled.pixel_sha1) if h not in test_pixels]
+    parts = [_take(unlabeled, keep)]
+    seen, added = set(parts[0].pixel_sha1) | test_pixels, 0
     for split in ("train", "val") if include_labeled else ():
-        images, _, hashes, paths = splits[split]
         new = []
-        for i, h in enumerate(hashes):
+        for i, h in enumerate(chosen[split].pixel_sha1):
             if h not in seen:
                 seen.add(h)
                 new.append(i)
-        parts.append((images[new], [hashes[i] for i in new], [paths[i] for i in new]))
+        parts.append(_take(chosen[split], new))
         added += len(new)
-    if not sum(len(p[1]) for p in parts):
+    pool = Decoded(*([v for part in parts for v in getattr(part, f.name)] for f in dataclasses.fields(Decoded)))
+    if not pool.rows:
         raise StageError("nothing to pretrain on: no unlabeled images and data.pool_includes_labeled is false; "
                          "import unlabeled images (`ssl-pipeline data import FOLDER --as unlabeled`) or set it to true")
-    images = np.concatenate([p[0] for p in parts]) if len(parts) > 1 else parts[0][0]
-    hashes, paths = [h for p in parts for h in p[1]], [q for p in parts for q in p[2]]
-    counts = {"n_unlabeled_dropped_as_test": len(unlabeled.labels) - len(keep), "n_unlabeled_from_labeled": added}
-    return (images, np.full(len(hashes), -1), hashes, paths), counts
+    pool.labels = [-1] * len(pool.rows)
+    return pool, {"n_unlabeled_dropped_as_test": len(unlabeled.rows) - len(keep), "n_unlabeled_from_labeled": added}
 
 
-def _write_outputs(out: Path, splits: dict, decoded, classes: list[str], channels: int, params: Params) -> None:
-    out.mkdir(parents=True, exist_ok=True)
-    for name, (images, labels, _, _) in splits.items():
-        save_split(out / f"{name}.pt", images, labels if name != "unlabeled" else np.full(len(labels), -1))
-    fractions = label_fractions(splits["train"][1], params.data.label_fractions,
-                                params.data.small_fraction_seeds, params.seed)
-    (out / "fractions.json").write_text(json.dumps(fractions))
-    meta = {"classes": classes, "num_classes": len(classes), "channels": channels,
-            "image_size": params.data.image_size,
-            "counts": {name: int(len(s[1])) for name, s in splits.items()}}
-    (out / "meta.json").write_text(json.dumps(meta, indent=2))
-    rows = [{"split": name, "path": p, "label": int(y), "class": classes[y] if y >= 0 else "", "content_sha1": h}
-            for name, (_, labels, hashes, paths) in splits.items()
-            for p, y, h in zip(paths, labels, hashes)]
-    pd.DataFrame(rows).to_csv(out / "manifest.csv", index=False)
+def _take(s: Decoded, idx) -> Decoded:
+    idx = [int(i) for i in idx]
+    return Decoded(*([getattr(s, f.name)[i] for i in idx] for f in dataclasses.fields(Decoded)))
 
 
-def _write_reports(root: Path, rejected, decoded, leaks, splits) -> None:
+def write_outputs(params: Params, out: Path, chosen: dict, classes: list[str], info: dict) -> None:
+    settings = info["settings"]
+    for name in SPLITS:
+        s = chosen[name]
+        write_split_rows(out, name, np.asarray(s.rows, np.int64),
+                         np.full(len(s.rows), -1) if name == "unlabeled" else np.asarray(s.labels, np.int64))
+    fractions = splits.label_fractions(np.asarray(chosen["train"].labels, np.int64), params.data.label_fractions,
+                                       params.data.small_fraction_seeds, params.seed)
+    # insertion order kept (fractions ascending, seeds 0..n-1): the finetune stage's cells follow it
+    atomic_write_bytes(json.dumps(fractions).encode(), out / "fractions.json")
+    for legacy in out.glob("*.pt"):   # the one-tensor-per-split cache of earlier versions
+        legacy.unlink()
+    write_json(out / "meta.json", {
+        "classes": classes, "num_classes": len(classes), "channels": settings.channels,
+        "image_size": settings.image_size, "resize": settings.resize,
+        "channel_ranges": [list(r) for r in settings.ranges] if settings.ranges else None,
+        "decode_settings": settings.digest(), "carve": chosen["carve"],
+        "counts": {name: len(chosen[name].rows) for name in SPLITS}})
+    rows = [{"split": name, "path": p, "label": int(y), "class": classes[y] if y >= 0 else "", "content_md5": m,
+             "content_sha1": h, "row": r}
+            for name in SPLITS for p, y, m, h, r in zip(chosen[name].paths, chosen[name].labels, chosen[name].md5s,
+                                                        chosen[name].pixel_sha1, chosen[name].rows)]
+    table = pd.DataFrame(rows, columns=["split", "path", "label", "class", "content_md5", "content_sha1", "row"])
+    # atomically: with DVC's hard links, writing into the old file in place would change DVC's cached copy
+    atomic_write_bytes(table.to_csv(index=False).encode(), out / "manifest.csv")
+
+
+def write_quarantine(root: Path, rejected: list[Rejected], notes: list[tuple[str, str]]) -> None:
     rows = [{"path": r.path, "action": "quarantined", "reason": r.reason} for r in rejected]
-    rows += [{"path": n.path, "action": "converted", "reason": n.note} for s in decoded.values() for n in s.notes]
+    rows += [{"path": path, "action": "converted", "reason": note} for path, note in notes]
     (root / QUARANTINE_CSV).parent.mkdir(parents=True, exist_ok=True)
     pd.DataFrame(rows, columns=["path", "action", "reason"]).to_csv(root / QUARANTINE_CSV, index=False)
-    leak_rows = [{"train_path": splits["train"][3][i], "test_path": splits["test"][3][j]} for i, j in leaks]
-    pd.DataFrame(leak_rows, columns=["train_path", "test_path"]).to_csv(root / LEAKAGE_CSV, index=False)

@@ -98,13 +98,14 @@ def embedding_map_plot(features: np.ndarray, labels: np.ndarray, classes: list[s
 
 
 def view_grid_plot(originals: np.ndarray, views: list[np.ndarray], path: Path, title: str) -> Path:
-    """Rows: images; first column the original, then one column per augmented view. Arrays: [N, C, H, W] in [0, 1]."""
+    """Rows: images; first column the original, then one column per augmented view. Arrays: [N, C, H, W] in [0, 1].
+    Multi-band images (C not 1 or 3) show their first band in gray."""
     n, cols = originals.shape[0], 1 + len(views)
     fig, axes = plt.subplots(n, cols, figsize=(1.3 * cols, 1.3 * n), dpi=120, squeeze=False)
     for i in range(n):
         for j, img in enumerate([originals[i]] + [v[i] for v in views]):
             ax = axes[i][j]
-            arr = np.clip(np.transpose(img, (1, 2, 0)), 0, 1)
+            arr = np.clip(np.transpose(img if img.shape[0] in (1, 3) else img[:1], (1, 2, 0)), 0, 1)
             ax.imshow(arr[..., 0] if arr.shape[-1] == 1 else arr, cmap="gray", vmin=0, vmax=1)
             ax.set_xticks([])
             ax.set_yticks([])

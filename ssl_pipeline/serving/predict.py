@@ -9,8 +9,8 @@ Models:
 - a local `models/classifier.pt` (state_dict) beside its `models/classifier.json` (architecture,
   image_size, in_channels, classes), loaded with weights_only=True.
 
-Images are decoded exactly as in training (ssl_core.data.images: shorter side resized, centre
-crop, converted to the model's channels). Files that cannot be used are reported, never fatal.
+Images are decoded exactly as in training (ssl_core.data.images: the data.resize policy and the
+per-channel ranges of deep sources recorded with the model, converted to the model's channels). Files that cannot be used are reported, never fatal.
 """
 from __future__ import annotations
 
@@ -43,6 +43,8 @@ class Predictor:
     classes: list[str]
     source: str
     name: str = ""   # "ssl-classifier v3" for a registered version, else the source
+    resize: str = "crop"                                    # data.resize the model was trained with
+    ranges: tuple[tuple[float, float], ...] | None = None   # per-channel ranges of deep sources (prepare's)
 
     def headline(self) -> str:
         """The first line predict prints: which model, what it takes, what it answers."""
@@ -76,7 +78,14 @@ def _load_local_state_dict(path: Path) -> Predictor:
     model.load_state_dict(torch.load(path, weights_only=True, map_location="cpu"))
     model.eval()
     return Predictor(model, int(spec["image_size"]), int(spec["in_channels"]), [str(c) for c in spec["classes"]],
-                     str(path))
+                     str(path), **_decoding(spec))
+
+
+def _decoding(meta: dict) -> dict:
+    """{resize policy, channel ranges} recorded beside a model; older models: centre crop, no ranges."""
+    ranges = meta.get("channel_ranges")
+    return {"resize": str(meta.get("resize") or "crop"),
+            "ranges": tuple(tuple(float(v) for v in r) for r in ranges) if ranges else None}
 
 
 def _classes_for(info, num_classes: int, root: Path) -> list[str]:
@@ -112,7 +121,7 @@ def _load_mlflow(uri: str, root: Path) -> Predictor:
         raise ValueError(f"the model {uri} has no image input signature [-1, C, S, S] (found {shape or 'none'})")
     outputs = info.signature.outputs.inputs[0].shape if info.signature.outputs else (-1, 0)
     classes = _classes_for(info, int(outputs[-1]), root)
-    return Predictor(model, int(shape[2]), int(shape[1]), classes, uri)
+    return Predictor(model, int(shape[2]), int(shape[1]), classes, uri, **_decoding(info.metadata or {}))
 
 
 def load_predictor(model: str | None = None, root: Path = Path(".")) -> Predictor:
@@ -190,7 +199,8 @@ def predict_files(predictor: Predictor, target: Path,
     rows = [{"path": p, "class": "", "confidence": "", "error": why} for p, why in skipped]
     for start in range(0, len(files), CHUNK):
         chunk = files[start:start + CHUNK]
-        decoded = decode_images([(p, -1) for p in chunk], base, predictor.image_size, predictor.channels)
+        decoded = decode_images([(p, -1) for p in chunk], base, predictor.image_size, predictor.channels,
+                                resize=predictor.resize, ranges=predictor.ranges)
         rows += [{"path": str(base / r.path), "class": "", "confidence": "", "error": r.reason}
                  for r in decoded.rejected]
         if len(decoded.paths):

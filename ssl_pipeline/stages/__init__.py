@@ -5,7 +5,7 @@ and writes its outputs (ssl_pipeline/outputs.py). Nothing outside this package i
 module; the CLI finds them by name.
 """
 STAGES = {
-    "prepare": "decode + validate images into uint8 caches, manifest and splits",
+    "prepare": "decode + validate new images into the sharded uint8 cache, manifest and stable splits",
     "pretrain": "self-supervised pretraining of the encoder",
     "finetune": "linear probe / fine-tune / scratch at every label fraction",
     "evaluate": "test accuracy table, plots, headline metrics",

@@ -94,9 +94,10 @@ def best_classifier(index: pd.DataFrame, spec: EncoderSpec, meta: dict, data: Ev
     plots.confusion_matrix_plot(test.labels.numpy(), pred, meta["classes"], root / outputs.CONFUSION_PNG,
                                 f"Best classifier ({best.protocol}, {best.label_fraction:g} labels): "
                                 f"test acc {best.test_accuracy:.3f}")
+    decoding = {"resize": meta.get("resize", "crop"), "channel_ranges": meta.get("channel_ranges")}
     model_uri = log_torch_model(model, test.images[:2].float() / 255, name="classifier",
-                                metadata={"classes": meta["classes"]})
-    write_json(root / outputs.CLASSIFIER_JSON, {**spec.to_dict(), "num_classes": meta["num_classes"],
+                                metadata={"classes": meta["classes"], **decoding})
+    write_json(root / outputs.CLASSIFIER_JSON, {**spec.to_dict(), "num_classes": meta["num_classes"], **decoding,
                                                 "classes": meta["classes"], "protocol": best.protocol,
                                                 "label_fraction": float(best.label_fraction),
                                                 "val_accuracy": float(best.val_accuracy),

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from ssl_core.augment import check_rgb_only
 from ssl_core.data.cache import load_fractions, load_meta, load_split
 from ssl_core.evaluation.grid import cells, fit_cell, scratch_encoder
 from ssl_core.fsutil import atomic_torch_save
@@ -17,6 +18,7 @@ from ssl_core.models.spec import load_encoder
 from ssl_core.training.runtime import setup_torch
 from ssl_pipeline import outputs
 from ssl_pipeline.config.schema import Params
+from ssl_pipeline.errors import StageError
 from ssl_pipeline.progress import Progress, log
 from ssl_pipeline.recipes import finetune_recipe
 from ssl_pipeline.tracking import runs as tracking
@@ -32,6 +34,10 @@ def run(params: Params, root: Path = Path(".")) -> pd.DataFrame:
     device = setup_torch(params.pretrain.device)
     encoder, spec = load_encoder(root / outputs.ENCODER_JSON, root / outputs.ENCODER_PT)
     recipe = finetune_recipe(params)
+    try:
+        check_rgb_only(params.finetune.augment, meta["channels"], "finetune.augment")
+    except ValueError as err:
+        raise StageError(str(err)) from None
     todo = cells(recipe, fractions)
     rows = []
     out_dir = root / outputs.CLASSIFIER_DIR

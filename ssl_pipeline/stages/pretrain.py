@@ -150,7 +150,8 @@ def run(params: Params, root: Path = Path(".")) -> dict:
     init = resolve_init(p.init, root)
     recipe = pretrain_recipe(params, meta, init.path if init else "")
     with recipe_errors_as_stage_errors():
-        check_method_fits_data(recipe, f"data.channels: {params.data.channels}")
+        for note in check_method_fits_data(recipe, f"data.channels: {params.data.channels}"):
+            log.info("pretrain: %s", note)
         report = check_init(recipe, p.init)
     if init is not None:
         log.info("pretrain: the encoder starts from %s (%s, sha256 %s)", init.source, init.resolved, init.sha256[:12])

@@ -6,7 +6,7 @@ import torch
 import torchvision.transforms.functional as TF
 
 from ssl_core.augment import (LUMA, AugmentConfig, AugmentParams, apply_params, augment_batch, blur_kernel_size,
-                              crop_boxes, record_views, replay_views, sample_params)
+                              check_rgb_only, crop_boxes, record_views, replay_views, sample_params)
 
 IDENTITY = AugmentConfig(crop_scale=(1.0, 1.0), crop_ratio=(1.0, 1.0), hflip_p=0.0, jitter_p=0.0, gray_p=0.0)
 
@@ -251,11 +251,33 @@ def test_invalid_configs_are_rejected(bad):
         AugmentConfig(**bad)
 
 
-def test_rejects_float_input_and_unsupported_channels():
+def test_rejects_float_input():
     with pytest.raises(TypeError):
         augment_batch(images().float(), IDENTITY, gen(0))
-    with pytest.raises(ValueError, match="1- or 3-channel"):
-        augment_batch(images(c=2), IDENTITY, gen(0))
+
+
+def test_multi_band_brightness_contrast_against_a_loop():
+    # 13 bands: brightness scales every band, contrast blends with the mean over all bands and pixels
+    # (the luma of RGB has no multi-band meaning); RGB-only ops draw nothing and do nothing.
+    x = images(b=4, c=13, s=8)
+    cfg = AugmentConfig(crop_scale=(1.0, 1.0), crop_ratio=(1.0, 1.0), hflip_p=0.0, jitter_p=1.0, brightness=0.4,
+                        contrast=0.4, saturation=0.4, hue=0.1, gray_p=0.5)
+    p = sample_params(cfg, x.shape, gen(3))
+    assert p.saturation is None and p.hue is None and p.gray is None
+    out = apply_params(x, p)
+    for i in range(4):
+        bright = x[i].double() / 255 * p.brightness[i].double()
+        expected = (p.contrast[i] * bright + (1 - p.contrast[i]) * bright.mean()).clamp(0, 1)
+        assert torch.allclose(out[i].double(), expected, atol=1e-5)
+
+
+def test_rgb_only_ops_asked_for_on_other_channel_counts_are_refused_naming_the_key():
+    check_rgb_only({"gray_p": 0.2}, 3, "pretrain.augment")   # RGB: fine
+    check_rgb_only({"gray_p": 0.0, "hflip_p": 0.5}, 13, "pretrain.augment")   # switched off: fine
+    with pytest.raises(ValueError, match=r"^pretrain.augment.gray_p: grayscale is defined only for RGB .* 13 channel"):
+        check_rgb_only({"gray_p": 0.2}, 13, "pretrain.augment")
+    with pytest.raises(ValueError, match=r"^finetune.augment.hue: hue"):
+        check_rgb_only({"hue": 0.1}, 1, "finetune.augment")
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")

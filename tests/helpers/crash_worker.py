@@ -75,7 +75,8 @@ def build(method_name: str, seed: int = 0):
 def train_core(method_name: str, ckpt_dir: Path, out: Path, every: int = 2, delay: float = 0.0) -> list[dict]:
     """Tiny pretraining through the real loop, Checkpointer and kNN monitor; final state -> `out`."""
     from ssl_core.training.checkpoint import Checkpointer
-    from ssl_core.data.cache import Split, atomic_torch_save
+    from ssl_core.data.cache import Split
+    from ssl_core.fsutil import atomic_torch_save
     from ssl_core.evaluation.protocols import knn_accuracy
     from ssl_core.training.loop import TrainConfig, pretrain
 

@@ -90,10 +90,17 @@ def test_file_size_limit(tmp_path, monkeypatch):
     assert out.rejected[0].reason.startswith("too large (file of")
 
 
-def test_float_tiff_is_rejected(tmp_path):
-    Image.fromarray(np.ones((8, 8), np.float32), "F").save(tmp_path / "f.tif")
-    out = decode(tmp_path, [tmp_path / "f.tif"])
-    assert reasons(out.rejected) == {"f.tif": "unsupported pixel mode F"}
+def test_float_tiff_comes_through_tifffile_scaled_by_its_range(tmp_path):
+    # PIL holds one-band float TIFFs only as mode F: they are read by tifffile and scaled like any deep
+    # source (no range given: floats are taken as [0, 1]).
+    values = np.linspace(0, 1, 64, dtype=np.float32).reshape(8, 8)
+    Image.fromarray(values, "F").save(tmp_path / "f.tif")
+    img, notes = one(tmp_path, tmp_path / "f.tif", channels=1)
+    assert np.array_equal(img[0], np.rint(values.astype(np.float64) * 255).astype(np.uint8))
+    assert notes == ["float32 -> 8-bit"]
+    Image.fromarray(np.full((8, 8), np.nan, np.float32), "F").save(tmp_path / "nan.tif")
+    assert reasons(decode(tmp_path, [tmp_path / "nan.tif"], channels=1).rejected) == {
+        "nan.tif": "non-finite pixel values (NaN or infinity)"}
 
 
 # ----------------------------------------------------------------------------- conversions
@@ -196,7 +203,8 @@ def test_big_jpeg_is_accepted_and_deterministic(tmp_path):
     path = save(tmp_path / "photo.jpg", smooth, quality=95)
     first, notes = one(tmp_path, path, size=16)
     again, _ = one(tmp_path, path, size=16)
-    assert np.array_equal(first, again) and notes == ["resized 800x600 -> 16x16 (centre crop)"]
+    assert np.array_equal(first, again)
+    assert notes == ["JPEG decoded at 100x75 (reduced-size decoding)", "resized 800x600 -> 16x16 (centre crop)"]
     reference = Image.fromarray(smooth).crop((100, 0, 700, 600)).resize((16, 16), Image.Resampling.BICUBIC)
     assert np.abs(first.astype(int) - np.asarray(reference).transpose(2, 0, 1)).mean() < 4
 
@@ -204,8 +212,11 @@ def test_big_jpeg_is_accepted_and_deterministic(tmp_path):
 def test_content_mismatch_multiframe_and_exif_orientation(tmp_path):
     a = rgb()
     (tmp_path / "really_jpeg.png").write_bytes((buf := io.BytesIO(), Image.fromarray(a).save(buf, "JPEG"))[0].getvalue())
-    _, notes = one(tmp_path, tmp_path / "really_jpeg.png")
-    assert notes == ["content is JPEG but extension is .png"]
+    (tmp_path / "really_tiff.png").write_bytes((buf := io.BytesIO(), Image.fromarray(a).save(buf, "TIFF"))[0].getvalue())
+    out = decode(tmp_path, [tmp_path / "really_jpeg.png", tmp_path / "really_tiff.png"])
+    assert out.paths == [] and reasons(out.rejected) == {
+        "really_jpeg.png": "content is JPEG but the extension is .png (rename the file)",
+        "really_tiff.png": "content is TIFF but the extension is .png (rename the file)"}
     frames = [Image.fromarray(a), Image.fromarray(rgb())]
     frames[0].save(tmp_path / "multi.tif", save_all=True, append_images=frames[1:])
     img, notes = one(tmp_path, tmp_path / "multi.tif")

@@ -33,7 +33,10 @@ PROJECT_PARAMS = PROJECT_ROOT / "params.yaml"
     # not one of the allowed values
     (["pretrain.backbone=vgg"], ["pretrain.backbone", "'resnet18'", "'vit_tiny'", "got 'vgg'"]),
     (["pretrain.optimizer=adam"], ["pretrain.optimizer", "'sgd', 'adamw' or 'lars'", "got 'adam'"]),
-    (["data.channels=2"], ["data.channels", "'auto', 1 or 3", "got 2"]),
+    (["data.channels=17"], ["data.channels", "auto or a count from 1 to 16", "got 17"]),
+    (["data.resize=stretch"], ["data.resize", "'crop', 'pad' or 'squash'", "got 'stretch'"]),
+    (["data.range_percentiles=[50, 10]"], ["data.range_percentiles", "0 <= low < high <= 100"]),
+    (["prepare.workers=-1"], ["prepare.workers", "greater than or equal to 0"]),
     (["finetune.protocols=[linear, probe]"], ["finetune.protocols", "'linear' or 'finetune'", "got 'probe'"]),
     # unknown keys, with the keys that exist
     (["pretrain.epoch=3"], ["pretrain.epoch: unknown key", "allowed:", "epochs", "checkpoint_every"]),

@@ -183,8 +183,11 @@ def pretrain_one_step(params: Params, root: Path, meta: dict) -> None:
     from ssl_core.recipes import PretrainData, build_method, check_method_fits_data, monitor_knn, pretrain_method
     from ssl_pipeline.recipes import pretrain_recipe
 
+    from ssl_pipeline.errors import recipe_errors_as_stage_errors
+
     recipe = pretrain_recipe(params, meta)
-    check_method_fits_data(recipe)
+    with recipe_errors_as_stage_errors():   # as the stage does: what the data decides (e.g. channels)
+        check_method_fits_data(recipe)
     method = build_method(recipe)
     data = PretrainData.load(root / params.data.prepared_dir, meta["num_classes"])
     with pytest.raises(_OneStepDone):

@@ -87,7 +87,7 @@ def test_cifar_subset_imports_prepares_to_colour_caches_and_colour_methods_train
     assert unlabeled.images.shape[1:] == (3, 32, 32) and train.images.shape[1:] == (3, 32, 32)
     assert len(train) + len(test) <= 90 and len(unlabeled) == 90 - len(test)   # the pool is train + val, unlabeled
     # Real colour: the channels differ (a grayscale import would have them equal).
-    x = train.images.float()
+    x = train.images[:].float()   # the whole (small) split, gathered from the shards
     assert (x[:, 0] - x[:, 2]).abs().mean() > 5
 
     for method in ("colorization", "simclr"):   # Lab targets; colour jitter

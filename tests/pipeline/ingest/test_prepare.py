@@ -10,7 +10,8 @@ from PIL import Image
 
 from ssl_pipeline.config.schema import load_params
 from ssl_core.data.cache import load_fractions, load_meta, load_split
-from ssl_pipeline.ingest.prepare import balanced_subset, label_fractions, prepare
+from ssl_pipeline.ingest.prepare import prepare
+from ssl_pipeline.ingest.splits import balanced_subset, label_fractions
 from workspace import class_image, write_params
 
 

@@ -108,11 +108,26 @@ def test_a_malicious_checkpoint_is_refused_and_training_starts_fresh(tmp_path, m
 
 
 def test_a_malicious_data_cache_is_refused(tmp_path, marker):
-    from ssl_core.data.cache import load_split
+    # The cache's split files are .npy row lists, read with allow_pickle=False: an object array whose
+    # element runs code when unpickled is refused (as are the .npy tiles prepare decodes).
+    import numpy as np
 
-    plant(tmp_path / "prepared/unlabeled.pt", marker, lambda p: {"images": p, "labels": torch.zeros(1)})
-    with pytest.raises(Exception, match="(?i)weights.only"):
-        load_split(tmp_path / "prepared", "unlabeled")
+    from ssl_core.data.cache import load_split, save_split
+    from ssl_core.data.images import DecodeSettings, decode_file
+    from ssl_core.data.pil_convert import Reject
+
+    prepared = tmp_path / "prepared"
+    save_split(prepared / "unlabeled.pt", np.zeros((2, 1, 4, 4), np.uint8), np.full(2, -1))
+    evil = np.empty(1, dtype=object)
+    evil[0] = Payload(marker)
+    np.save(prepared / "unlabeled.rows.npy", evil, allow_pickle=True)
+    with pytest.raises(ValueError, match="allow_pickle=False"):
+        load_split(prepared, "unlabeled")
+    tile = np.empty((4, 4), dtype=object)
+    tile[:] = Payload(marker)
+    np.save(tmp_path / "tile.npy", tile, allow_pickle=True)
+    with pytest.raises(Reject, match="unsupported pixel type object"):
+        decode_file(tmp_path / "tile.npy", DecodeSettings(4, 1))
 
 
 def test_a_malicious_encoder_or_classifier_file_is_refused(tmp_path, marker):
