@@ -35,3 +35,14 @@ DISTRIBUTED_HANDOFF_DIR = PRETRAIN_CHECKPOINT_DIR / "dist"   # shared by every n
 COMPARE_CHECKPOINT_DIR = Path("checkpoints/compare")
 # not DVC outputs: pretrain.init's weights fetched from MLflow or torchvision, named by their SHA-256 (git-ignored)
 INIT_WEIGHTS_DIR = Path(".ssl-pipeline/init")
+# a pipeline run whose --set overrides change what a stage reads runs in RUNS_DIR/<digest> (run_workspace.py)
+RUNS_DIR = Path(".dvc/tmp/ssl-runs")
+
+
+def user_workspace(root: Path) -> Path:
+    """The workspace a run workspace (RUNS_DIR/<digest>) belongs to, else `root`: where a user's own files
+    named by a relative path in params (pretrain.init) are."""
+    parts, here = RUNS_DIR.parts, Path(root).resolve().parts
+    if len(here) > len(parts) + 1 and here[-1 - len(parts):-1] == parts:
+        return Path(*here[:-1 - len(parts)])
+    return Path(root)

@@ -135,8 +135,10 @@ def compare_problems(params: Params) -> list[str]:
         backbone = compare_backbone(params, name)
         chosen = c.methods != ALL_METHODS or name in c.method_params or name in c.backbones
         built = name == params.pretrain.method and backbone == params.pretrain.backbone and knobs == p_knobs
-        if found or built or not chosen:
-            # `all` with a method's defaults: the comparison reports a method that cannot run as failed
+        colour_only = getattr(get_method_class(name), "requires_color", False) and params.data.channels != 3
+        if found or built or not chosen or colour_only:
+            # `all` with a method's defaults: the comparison reports a method that cannot run as failed;
+            # a colour-only method on data that may be gray: the comparison skips it, saying why
             problems += found
             continue
         knob, message = build_problem(params, name, backbone, knobs)

@@ -19,6 +19,7 @@ from pathlib import Path
 from ssl_core.fsutil import file_sha256
 from ssl_pipeline.config.schema import init_is_none
 from ssl_pipeline.errors import StageError
+from ssl_pipeline.outputs import user_workspace
 
 TORCHVISION = "torchvision:"
 MLFLOW_SCHEMES = ("models:/", "runs:/")
@@ -49,7 +50,7 @@ def is_mlflow(source: str) -> bool:
 
 def from_file(source: str, root: Path) -> InitSource:
     path = Path(source).expanduser()
-    path = path if path.is_absolute() else Path(root) / path
+    path = path if path.is_absolute() else user_workspace(root) / path   # a run workspace: the user's files
     if not path.is_file():
         raise StageError(f"pretrain.init: {source} is not a file ({path.resolve()}); give a state_dict file, "
                          "an MLflow model URI (models:/ssl-encoder@champion), a torchvision weights name "

@@ -44,11 +44,9 @@ import yaml
 
 from ssl_core.fsutil import LockBusy, atomic_write_bytes, exclusive_lock
 from ssl_pipeline.config.overrides import apply_overrides
+from ssl_pipeline.outputs import RUNS_DIR
 from ssl_pipeline.versioning.workspace import _json_out, dvc, dvc_root
 
-RUNS_DIR = Path(".dvc/tmp/ssl-runs")
-# Sections only the flows read, in their own process: overriding them needs no run workspace.
-ORCHESTRATION_SECTIONS = ("flow", "retrain", "compare")
 LINK_TYPES = "hardlink,symlink,copy"   # outputs and images as links into the shared cache, never copies
 
 
@@ -84,8 +82,23 @@ def needs_own_workspace(params_path: Path, overrides: list[str]) -> bool:
         return False
     tracked = yaml.safe_load(params_path.read_text()) or {}
     effective = apply_overrides(json.loads(json.dumps(tracked)), overrides)
-    read_by_stages = [k for k in set(tracked) | set(effective) if k not in ORCHESTRATION_SECTIONS]
-    return any(tracked.get(k) != effective.get(k) for k in read_by_stages)
+    return any(_value(tracked, key) != _value(effective, key) for key in stage_params(params_path.parent))
+
+
+def stage_params(root: Path) -> set[str]:
+    """The params keys dvc.yaml's stages read ("data", "retrain.start_from", ...): the one list of them.
+    Keys only the flows read (flow, compare, most of retrain) need no run workspace."""
+    path = Path(root) / "dvc.yaml"
+    stages = (yaml.safe_load(path.read_text()) or {}).get("stages", {}) if path.exists() else {}
+    return {key for stage in stages.values() for key in stage.get("params", []) if isinstance(key, str)}
+
+
+def _value(tree: dict, dotted: str):
+    for part in dotted.split("."):
+        if not isinstance(tree, dict) or part not in tree:
+            return None
+        tree = tree[part]
+    return tree
 
 
 @dataclass

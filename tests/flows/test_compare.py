@@ -277,12 +277,12 @@ def test_per_method_params_budget_backbone_and_knobs(tmp_path):
     batch = params.pretrain.batch_size
     assert comparison.budget_text(own) == f"7 epochs at batch {batch} (mae: 40 epochs)"
     assert comparison.budget_text(params) == f"2 epochs at batch {batch}"   # compare.epochs wins
-    with pytest.raises(ConfigError, match=r"compare\.method_epochs\.mae: must be >= 1"):
+    with pytest.raises(ConfigError, match=r"compare\.method_epochs\.mae: must be between 1 and"):
         load_params(tmp_path / "params.yaml", ["compare.method_epochs={mae: 0}"])
     sized = load_params(tmp_path / "params.yaml", ["compare.method_batch_size={mae: 256}"])
     assert [comparison.params_for(sized, m).pretrain.batch_size for m in ("mae", "simclr")] == [256, batch]
     assert comparison.budget_text(sized) == f"7 epochs at batch {batch} (mae: 100 epochs, batch 256)"
-    with pytest.raises(ConfigError, match=r"compare\.method_batch_size\.mae: must be >= 1"):
+    with pytest.raises(ConfigError, match=r"compare\.method_batch_size\.mae: must be between 2 and"):
         load_params(tmp_path / "params.yaml", ["compare.method_batch_size={mae: 0}"])
     with pytest.raises(ConfigError, match=r"compare\.method_batch_size: unknown method 'nope'"):
         load_params(tmp_path / "params.yaml", ["compare.method_batch_size={nope: 32}"])

@@ -88,5 +88,5 @@ def test_every_stage_output_is_a_dvc_out():
     # INDEX_CSV: in models/classifiers; LOGGED_MODELS_JSON holds run ids, kept out of what dvc.lock hashes
     not_outs = {str(p) for p in (outputs.PRETRAIN_CHECKPOINT_DIR, outputs.DISTRIBUTED_HANDOFF_DIR,
                                  outputs.COMPARE_CHECKPOINT_DIR, outputs.INDEX_CSV, outputs.LOGGED_MODELS_JSON,
-                                 outputs.INIT_WEIGHTS_DIR)}   # INIT_WEIGHTS_DIR: a cache of fetched inputs, named by their digest
+                                 outputs.INIT_WEIGHTS_DIR, outputs.RUNS_DIR)}   # INIT_WEIGHTS_DIR: a cache of fetched inputs, named by their digest
     assert written - not_outs <= outs, sorted(written - not_outs - outs)

@@ -99,7 +99,10 @@ def test_diverging_pretraining_fails_naming_the_step_and_logs_no_model(prepared_
     params = load_params(PROJECT_PARAMS, ["pretrain.width=4", "pretrain.batch_size=8", "pretrain.device=cpu",
                                           "pretrain.checkpoint_every=1", "pretrain.log_every=1",
                                           "pretrain.method_params={hidden_dim: 32, projection_dim: 16}",
-                                          "pretrain.optimizer=sgd", "pretrain.lr=1e12", "pretrain.warmup_epochs=0"])
+                                          "pretrain.optimizer=sgd", "pretrain.warmup_epochs=0"])
+    # params.yaml caps pretrain.lr at 100, where SimCLR's normalised loss stays finite: divergence (a
+    # bad batch, a broken method) is made here by setting the validated params past that cap in code
+    params = params.model_copy(update={"pretrain": params.pretrain.model_copy(update={"lr": 1e12})})
     with pytest.raises(NonFiniteLoss, match=r"loss became nan at step (\d+) \(epoch 1\)") as err:
         pretrain.run(params, root)
     bad_step = int(str(err.value).split(" at step ")[1].split()[0])
