@@ -10,6 +10,7 @@ drifted when MMD^2 >= retrain.drift_threshold and p < retrain.drift_alpha.
 """
 from __future__ import annotations
 
+import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -19,7 +20,11 @@ from ssl_core.embeddings.drift import mmd_test
 from ssl_core.embeddings.files import embed_files
 from ssl_pipeline.config.schema import Params
 from ssl_pipeline.tracking.encoders import encoder_from_saved
-from ssl_pipeline.versioning.snapshots import VersionFile, VersionNotCached, version_files
+from ssl_pipeline.versioning.snapshots import (
+    VersionFile,
+    VersionNotCached,
+    version_files,
+)
 from ssl_pipeline.versioning.workspace import dataset_md5s
 
 
@@ -63,9 +68,15 @@ def _sample(files: list[VersionFile], n: int, seed: int) -> list[VersionFile]:
 
 
 def _embed(encoder, spec, files: list[VersionFile]) -> torch.Tensor:
-    items = [(f.path, -1) for f in files]
-    root = Path("/")
-    chunks = [c.vectors for c in embed_files(encoder, items, root, spec.image_size, spec.in_channels)]
+    """Decode the files from the DVC cache, where objects have no extension: each is read through a link
+    named with its file's extension (the decoder picks the format by it, as for the file itself)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        items = []
+        for i, f in enumerate(files):
+            link = Path(tmp) / f"{i}{Path(f.relpath).suffix.lower()}"
+            link.symlink_to(f.path)
+            items.append((link, -1))
+        chunks = [c.vectors for c in embed_files(encoder, items, Path(tmp), spec.image_size, spec.in_channels)]
     return torch.cat(chunks) if chunks else torch.zeros(0, 1)
 
 
