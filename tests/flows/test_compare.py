@@ -212,7 +212,7 @@ def test_a_killed_comparison_leaves_its_report_so_far_and_the_rerun_reuses_what_
             "finetune.protocols=[linear]", "data.label_fractions=[1.0]"]
     out = root / "reports/killed"
 
-    def finished_result() -> Path | None:
+    def finished_result():
         """simclr's finished result: in the workspace, or in the run workspace these overrides get."""
         found = [*root.glob("checkpoints/compare/simclr/result.json"),
                  *root.glob(".dvc/tmp/ssl-runs/*/checkpoints/compare/simclr/result.json")]
