@@ -66,11 +66,14 @@ def folder_source(folder: Path, labeled: bool = False) -> Source:
 
 
 def split_source(prepared_dir: Path, split: str) -> Source:
-    """A prepared split (data.prepared_dir/<split>.pt) with its file paths and classes from manifest.csv."""
+    """A prepared split (rows of data.prepared_dir's sharded cache) with its file paths and classes from
+    manifest.csv."""
     prepared_dir = Path(prepared_dir)
-    if not (prepared_dir / f"{split}.pt").exists():
-        raise BadInput(f"the prepared split {split!r} is missing ({prepared_dir / (split + '.pt')}): "
-                       "run `ssl-pipeline run` (or `ssl-pipeline prepare`) first")
+    try:
+        load_split(prepared_dir, split)   # memory maps only: reads no pixels
+    except FileNotFoundError as err:
+        raise BadInput(f"the prepared split {split!r} is missing ({err}): "
+                       "run `ssl-pipeline run` (or `ssl-pipeline prepare`) first") from None
     meta = json.loads((prepared_dir / "meta.json").read_text())
     return Source(f"prepared split {split}", root=prepared_dir, classes=list(meta["classes"]), split=split,
                   prepared_dir=prepared_dir)

@@ -19,6 +19,7 @@ from PIL import Image
 
 from ssl_core.evaluation.protocols import extract_features
 from ssl_core.models.spec import load_encoder
+from ssl_core.data.cache import load_split
 from ssl_pipeline.cli import main as cli
 
 pytestmark = pytest.mark.slow
@@ -68,14 +69,14 @@ def test_embed_a_prepared_split_equals_the_encoder_on_the_cache(ws, capsys):
     code, out, err = run(capsys, "embed", "train", "--out", "train.parquet")
     assert code == 0 and "wrote train.parquet" in out and "encoder: ssl-encoder v1" in err
     table = pq.read_table(root / "train.parquet")
-    split = torch.load(root / "data/prepared/train.pt", weights_only=True)
+    split = load_split(root / "data/prepared", "train")
     manifest = [r for r in csv.DictReader(open(root / "data/prepared/manifest.csv")) if r["split"] == "train"]
-    assert table.num_rows == len(split["labels"]) == len(manifest)
+    assert table.num_rows == len(split) == len(manifest)
     assert table.column("path").to_pylist() == [r["path"] for r in manifest]
     assert table.column("label").to_pylist() == [r["class"] for r in manifest]
     assert set(table.column("split").to_pylist()) == {"train"}
     encoder, _ = load_encoder(root / "models/encoder.json", root / "models/encoder.pt")
-    expected = extract_features(encoder, split["images"], torch.device("cpu"))
+    expected = extract_features(encoder, split.images[0:len(split)], torch.device("cpu"))
     got = torch.tensor(table.column("vector").to_pylist())
     assert torch.allclose(got, expected, atol=1e-5)
     meta = pq.read_schema(root / "train.parquet").metadata
