@@ -5,7 +5,7 @@ The flow (flows/retrain.py) strings these together. The rules:
   the current champion (`retrain.state.*` tags after a retrain decided, else its registration tags).
   Recording the state on the champion after a "kept" decision too means a rejected challenger is not
   re-evaluated every night.
-- Champion and challenger are scored on the SAME current test split (data/prepared/test.pt), each
+- Champion and challenger are scored on the SAME current test split (data/prepared's test rows), each
   loaded from the registry by alias, so the comparison never mixes test sets.
 - The challenger takes `champion` only if challenger_acc >= champion_acc + retrain.margin.
 - One retrain per workspace at a time: an fcntl lock (this module) plus a Prefect tag concurrency

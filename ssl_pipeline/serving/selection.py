@@ -149,10 +149,10 @@ def labeled_vectors(encoder, spec, prepared_dir: Path) -> torch.Tensor | None:
     """Embeddings of the labeled train split: k-center treats them as already covered."""
     from ssl_core.data.cache import load_split
 
-    path = Path(prepared_dir) / "train.pt"
-    if not path.exists():
+    try:
+        train = load_split(prepared_dir, "train")
+    except FileNotFoundError:   # not prepared yet: nothing is labeled
         return None
-    train = load_split(prepared_dir, "train")
     if train.images.shape[1] != spec.in_channels:
         return None
     return torch.cat(list(embed_tensor(encoder, train.images))) if len(train) else None
