@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -187,21 +188,24 @@ def readme_commands(section: str) -> list[list[str]]:
     return [shlex.split(line, comments=True) for line in block.splitlines() if line.strip()]
 
 
-def test_the_readme_embedding_commands_run_as_written(ws, capsys):
+def test_the_readme_embedding_commands_run_as_written(ws, capsys, tmp_path, monkeypatch):
     root = ws["root"]
-    (root / "photos").mkdir(exist_ok=True)
+    home = tmp_path / "home"   # the README names the user's ~/photos/new, as its own-data section does
+    photos = home / "photos/new"
+    photos.mkdir(parents=True)
+    monkeypatch.setenv("HOME", str(home))
     for i, src in enumerate(sorted((root / "data/raw/labeled/test/class2").glob("*.png"))[:6]):
-        Image.open(src).convert("RGB").save(root / "photos" / f"photo_{i}.jpg")
-    shutil.copy(root / "photos/photo_0.jpg", root / "photos/cat.jpg")
+        Image.open(src).convert("RGB").save(photos / f"IMG_{i:04d}.jpg")
+    shutil.copy(photos / "IMG_0001.jpg", photos / "IMG_0001_copy.jpg")
     commands = readme_commands("Using the embeddings")
     assert [c[:2] for c in commands] == [["ssl-pipeline", "embed"], ["ssl-pipeline", "similar"],
                                          ["ssl-pipeline", "similar"], ["ssl-pipeline", "select"], ["ssl-pipeline", "select"]]
     for argv in commands:
-        code, out, err = run(capsys, *argv[1:])
+        code, out, err = run(capsys, *[os.path.expanduser(a) for a in argv[1:]])   # as the shell expands ~
         assert code == 0, (argv, err[-2000:])
     assert (root / "embeddings.parquet").exists() and (root / "to_label.png").exists()
     pairs = list(csv.reader(open(root / "duplicates.csv")))
-    assert pairs[0] == ["similarity", "path_a", "path_b"] and any("cat.jpg" in p[1] + p[2] for p in pairs[1:])
+    assert pairs[0] == ["similarity", "path_a", "path_b"] and any("IMG_0001_copy.jpg" in p[1] + p[2] for p in pairs[1:])
 
 
 def test_the_measurement_reports_run_on_the_workspace(ws, capsys):
