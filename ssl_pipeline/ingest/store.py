@@ -48,7 +48,9 @@ def inside(path: Path, root: Path) -> bool:
 
 
 def canonical_ext(ext: str) -> str:
-    return CANONICAL_EXT[EXT_TO_FORMAT[ext.lower()]]
+    """One extension per format (.jpeg -> .jpg); arrays (.npy) have no PIL format and keep theirs."""
+    ext = ext.lower()
+    return CANONICAL_EXT[EXT_TO_FORMAT[ext]] if ext in EXT_TO_FORMAT else ext
 
 
 def file_md5(path: Path) -> str:
