@@ -23,6 +23,15 @@ EXIT_TERMINATED = 143       # ... and by SIGTERM
 ON_FORCE_TIMEOUT_S = 15.0   # on_force talks to a server that may be gone: never wait for it forever
 
 
+_CTRL_C = threading.Event()   # set by the guard's handler: an error raised while unwinding is the interrupt
+
+
+def was_interrupted() -> bool:
+    """True once the interrupt guard has seen Ctrl-C: a library that wraps the KeyboardInterrupt in its own
+    error (pydantic serialising a Prefect state) still ends the command as interrupted."""
+    return _CTRL_C.is_set()
+
+
 class Terminated(KeyboardInterrupt):
     """SIGTERM, turned into the same unwinding as Ctrl-C (see `terminate_like_interrupt`)."""
 
@@ -61,6 +70,7 @@ def install_interrupt_guard(grace_s: float, on_force: Callable[[], None],
             force_later(0.0, "second Ctrl-C")
             return
         interrupted.set()
+        _CTRL_C.set()
         say(f"Ctrl-C: shutting down (Ctrl-C again to force; forced after {grace_s:g} s)")
         force_later(grace_s, f"still running {grace_s:g} s after Ctrl-C")
         raise KeyboardInterrupt

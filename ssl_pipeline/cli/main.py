@@ -60,7 +60,11 @@ def main(argv: list[str] | None = None) -> int:
                 print(line, file=sys.stderr)
             raise
         from ssl_pipeline.errors import ConfigError
+        from ssl_pipeline.interrupt import was_interrupted
 
+        if was_interrupted():   # the KeyboardInterrupt came back wrapped in another library's error
+            print("interrupted", file=sys.stderr)
+            return EXIT_INTERRUPTED
         lines = str(err).splitlines() if isinstance(err, ConfigError) else [str(err)]   # one line per bad key
         for line in lines:
             print(f"error: {line}", file=sys.stderr)
