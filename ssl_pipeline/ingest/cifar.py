@@ -16,12 +16,13 @@ nothing half-written; a destination inside a git work tree is refused (the data 
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import os
 import shutil
 import tarfile
 from pathlib import Path
+
+from ssl_core.fsutil import file_sha256
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_ARCHIVE = PROJECT_ROOT.parent / "shared" / "datasets" / "cifar10-train-jpg.tar.gz"
@@ -37,14 +38,6 @@ class CifarError(ValueError):
 def default_dest(per_class: int = 0) -> Path:
     cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
     return cache / "ssl-pipeline" / (f"cifar10-{per_class}" if per_class else "cifar10")
-
-
-def sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _git_work_tree(path: Path) -> Path | None:
@@ -96,7 +89,7 @@ def unpack(archive: Path = DEFAULT_ARCHIVE, dest: Path | None = None, per_class:
         return dest / "train"
     if dest.exists() and any(dest.iterdir()):
         raise CifarError(f"{dest} already holds other files; remove it or pass another destination")
-    if verify and sha256(archive) != ARCHIVE_SHA256:
+    if verify and file_sha256(archive) != ARCHIVE_SHA256:
         raise CifarError(f"{archive}: sha256 differs from the published {ARCHIVE_SHA256[:16]}...; "
                          "the archive is damaged or another file (pass verify=False / --no-verify to use it anyway)")
     staging = dest.parent / f".{dest.name}.partial-{os.getpid()}"

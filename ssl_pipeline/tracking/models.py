@@ -9,7 +9,6 @@ with weights_only=True), so training can start from a registered model (pretrain
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import tempfile
 from pathlib import Path
@@ -18,7 +17,7 @@ import mlflow
 import torch
 from mlflow.models import infer_signature
 
-from ssl_core.fsutil import atomic_write_bytes, exclusive_lock
+from ssl_core.fsutil import atomic_write_bytes, exclusive_lock, file_sha256
 from ssl_pipeline.outputs import LOGGED_MODELS_JSON
 
 WEIGHTS_FILE = "state_dict.pt"                      # the plain state_dict beside the pt2 program
@@ -46,13 +45,7 @@ def log_torch_model(model: torch.nn.Module, example: torch.Tensor, name: str, me
 # Which MLflow run logged the model in a stage output. Kept out of the outputs DVC hashes (models/*.json):
 # a run id differs on every run, and dvc.lock must not (a fresh clone's `make run` leaves git clean).
 # Keyed by the sha256 of the weights file, so outputs that DVC restores (run cache, `dvc checkout`) still
-# find the run that logged exactly those weights.
-def _weights_key(weights: Path) -> str:
-    digest = hashlib.sha256()
-    with open(weights, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+# find the run that logged exactly those weights (the key: fsutil.file_sha256).
 
 
 def record_logged_model(root: Path, weights: Path, run_id: str, model_uri: str) -> None:
@@ -60,7 +53,7 @@ def record_logged_model(root: Path, weights: Path, run_id: str, model_uri: str) 
     path = Path(root) / LOGGED_MODELS_JSON
     with exclusive_lock(path.with_name(path.name + ".lock")):
         known = json.loads(path.read_text()) if path.exists() else {}
-        known[_weights_key(weights)] = {"file": str(Path(weights).relative_to(root)), "run_id": run_id,
+        known[file_sha256(weights)] = {"file": str(Path(weights).relative_to(root)), "run_id": run_id,
                                         "model_uri": model_uri}
         atomic_write_bytes((json.dumps(known, indent=1) + "\n").encode(), path)
 
@@ -70,4 +63,4 @@ def logged_model(root: Path, weights: Path) -> dict | None:
     path = Path(root) / LOGGED_MODELS_JSON
     if not path.exists() or not Path(weights).exists():
         return None
-    return json.loads(path.read_text()).get(_weights_key(weights))
+    return json.loads(path.read_text()).get(file_sha256(weights))
