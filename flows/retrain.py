@@ -11,7 +11,7 @@ import contextlib
 import json
 import os
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
@@ -175,14 +175,17 @@ def pause_deployment(params: Params) -> None:
         client.pause_deployment(client.read_deployment_by_name(f"retrain/{params.retrain.deployment_name}").id)
 
 
-def serve(params: Params, root: Path, params_file: str = "params.yaml", overrides: list[str] | None = None) -> None:
-    """Register the deployment and run its schedule in this process until Ctrl-C (Prefect's `serve`)."""
+def serve(params: Params, root: Path, params_file: str = "params.yaml", overrides: list[str] | None = None,
+          on_ready: Callable[[], None] = lambda: None) -> None:
+    """Register the deployment and run its schedule in this process until Ctrl-C (Prefect's `serve`).
+    `on_ready` runs once Ctrl-C is guarded: a caller that says "Ctrl-C stops" says it through it."""
     from prefect import serve as prefect_serve
 
     from ssl_pipeline.interrupt import install_interrupt_guard
 
-    ensure_concurrency_limit(params.retrain.concurrency_tag)
     install_interrupt_guard(SERVE_GRACE_S, on_force=lambda: pause_deployment(params))
+    ensure_concurrency_limit(params.retrain.concurrency_tag)
+    on_ready()
     try:
         prefect_serve(build_deployment(params, root, params_file, overrides))
     finally:

@@ -75,10 +75,10 @@ def cmd_serve(args) -> int:
         from flows.retrain import serve
 
         print(f"Prefect API: {api_url}")
-        print(f"serving deployment retrain/{r.deployment_name}: cron {r.cron!r} ({r.timezone}), "
-              f"workspace {path.parent.resolve()}; Ctrl-C stops", flush=True)
+        ready = (f"serving deployment retrain/{r.deployment_name}: cron {r.cron!r} ({r.timezone}), "
+                 f"workspace {path.parent.resolve()}; Ctrl-C stops")
         with temporary_settings({PREFECT_API_URL: api_url}):   # prefect may have read its settings already
-            serve(params, path.parent.resolve(), path.name, args.set)
+            serve(params, path.parent.resolve(), path.name, args.set, on_ready=lambda: print(ready, flush=True))
     return 0
 
 
