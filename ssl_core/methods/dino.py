@@ -9,8 +9,9 @@ v != i) pair of the cross-entropy between the teacher's centred, sharpened softm
 softmax((t - center) / teacher_temp) and the student's softmax(s / student_temp), each averaged over
 the batch. Collapse is avoided by centring (the center is an EMA of the teacher's batch mean, averaged
 over processes when distributed: a buffer, so checkpoints carry it) and sharpening. A loss stuck at
-ln(out_dim) is the uniform collapse (centring winning over sharpening): on short runs at small batches
-a faster teacher (lower base_momentum), use_bn_in_head on ResNets, or a sharper teacher are the knobs.
+ln(out_dim) is the uniform collapse (centring winning over sharpening): the defaults depart from the
+paper's where its settings collapsed on the demo's small ResNets (BatchNorm in the head, a free
+last-layer norm, a faster teacher); README "DINO at small scale" has the runs.
 
 Schedules, all through SSLMethod's generic hooks: the teacher temperature warms up linearly from
 warmup_teacher_temp to teacher_temp over warmup_teacher_temp_epochs (per iteration; the reference
@@ -75,15 +76,16 @@ class DINO(SSLMethod):
         hidden_dim: int = 1024              # paper: 2048, scaled to the small encoders (as BYOL here)
         bottleneck_dim: int = 256
         head_layers: int = 3
-        use_bn_in_head: bool = False        # BatchNorm after the head's hidden layers (the reference code's option)
-        norm_last_layer: bool = True        # last layer's weight norm fixed at 1 (more stable; paper default)
+        use_bn_in_head: bool = True         # BatchNorm after the head's hidden layers (reference code's option, off there):
+        norm_last_layer: bool = False       # ... and a free last-layer norm (paper: fixed at 1); with the paper's
+                                            # choices the small demo encoders collapse to uniform (README: DINO)
         freeze_last_layer: int = 1          # epochs without last-layer updates
         student_temp: float = 0.1
-        teacher_temp: float = 0.07          # after the warm-up
+        teacher_temp: float = 0.04          # after the warm-up (paper default; 0.07 if training is unstable)
         warmup_teacher_temp: float = 0.04
         warmup_teacher_temp_epochs: int = 30
         center_momentum: float = 0.9
-        base_momentum: float = 0.996        # teacher EMA, cosine-scheduled to 1
+        base_momentum: float = 0.99         # teacher EMA, cosine-scheduled to 1 (paper 0.996: for 100s of epochs)
         clip_grad: float = 3.0              # per gradient tensor; 0 disables
         weight_decay_end_factor: float = 10.0   # cosine from pretrain.weight_decay to this multiple of it
         local_crops: int = 8

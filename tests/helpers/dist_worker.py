@@ -39,6 +39,8 @@ def without_batchnorm(module: nn.Module) -> nn.Module:
     for name, child in module.named_children():
         if isinstance(child, (nn.BatchNorm1d, nn.BatchNorm2d)):
             norm = nn.GroupNorm(1, child.num_features, affine=child.affine)
+            if child.affine:   # a frozen copy's norm (DINO's teacher head) stays frozen
+                norm.requires_grad_(child.weight.requires_grad)
             setattr(module, name, norm)
         else:
             without_batchnorm(child)

@@ -115,8 +115,8 @@ def test_teacher_gets_no_gradients_and_follows_the_ema_exactly():
     old = [p.clone() for p in teacher]
     student = list(m.backbone.parameters()) + list(m.head.parameters())
     m.after_step(0.5)
-    mom = 1 - (1 - 0.996) * (math.cos(math.pi * 0.5) + 1) / 2
-    assert m.momentum == pytest.approx(mom, abs=1e-15) and m.momentum == pytest.approx(0.998)
+    mom = 1 - (1 - 0.99) * (math.cos(math.pi * 0.5) + 1) / 2
+    assert m.momentum == pytest.approx(mom, abs=1e-15) and m.momentum == pytest.approx(0.995)
     for p_t, p_old, p_s in zip(teacher, old, student):
         assert torch.equal(p_t, p_old * mom + (1 - mom) * p_s)
     m.after_step(1.0)                      # momentum 1: the teacher stops moving
