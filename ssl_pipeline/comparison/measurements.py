@@ -8,7 +8,10 @@
   10 % more images of the same pool, and for the same images inverted (255 - pixel), against the rest;
 - selection: 1 % of the labeled train split chosen by k-center greedy on the encoder's embeddings
   (labels hidden) against 1 % chosen uniformly at random, 3 seeds each; a linear probe and a
-  fine-tuned classifier on each choice, accuracy on the test split.
+  fine-tuned classifier on each choice, accuracy on the test split. Uncertainty sampling needs a
+  classifier before it has labels, so it runs as one active-learning round: half the budget at random
+  (random's own first half), a linear probe on it, the other half by that probe's smallest margins,
+  over the whole pool or balanced over k-means clusters.
 
 Both train through the same recipes as the pipeline (ssl_pipeline/recipes.py) in this process;
 nothing is logged to MLflow. `ssl-pipeline measure warm-start|drift|select` writes JSON and markdown.
@@ -27,7 +30,8 @@ import torch
 from ssl_core.data.cache import Split, load_meta, load_split
 from ssl_core.embeddings.drift import mmd_test
 from ssl_core.embeddings.files import embed_tensor
-from ssl_core.embeddings.select import balanced_by_cluster, kcenter_greedy, kmeans, random_choice
+from ssl_core.embeddings.select import (balanced_by_cluster, kcenter_greedy, kmeans, least_margin, margins,
+                                        random_choice)
 from ssl_core.evaluation.grid import fit_cell
 from ssl_core.evaluation.protocols import accuracy, knn_accuracy
 from ssl_core.models.spec import load_encoder
@@ -126,9 +130,35 @@ def drift_markdown(result: dict) -> str:
     return "\n".join(lines)
 
 
+SELECTION_STRATEGIES = ("random", "kcenter", "kcenter by cluster", "uncertainty", "uncertainty by cluster")
+
+
+@torch.no_grad()
+def _probe_margins(model: torch.nn.Module, split: Split, device, batch: int = 512) -> torch.Tensor:
+    model = model.to(device).eval()
+    probs = [torch.softmax(model(split.images[i:i + batch].to(device).float().div_(255)).float(), 1).cpu()
+             for i in range(0, len(split), batch)]
+    return margins(torch.cat(probs))
+
+
+def _uncertainty_round(first: list[int], budget: int, margin_of: Callable[[list[int]], torch.Tensor],
+                       clusters: torch.Tensor | None) -> list[int]:
+    """`first` (labeled at random) plus budget - len(first) more by the smallest margins of a probe fitted on
+    `first`, over the rest of the pool or balanced over its clusters."""
+    margin = margin_of(first)
+    taken = torch.zeros(len(margin), dtype=torch.bool)
+    taken[first] = True
+    rest, left = torch.nonzero(~taken).flatten(), budget - len(first)
+    if clusters is None:
+        return first + rest[least_margin(margin[rest], left)].tolist()
+    picks = balanced_by_cluster(clusters[rest], left, lambda idx, q: least_margin(margin[rest][idx], q))
+    return first + rest[picks].tolist()
+
+
 def selection_vs_random(params: Params, root: Path, fraction: float = 0.01, seeds: int = 3,
-                        note: Note = print) -> dict:
-    """k-center (and k-center balanced over k-means clusters) vs random choices of `fraction` of the train split."""
+                        note: Note = print, strategies: tuple[str, ...] = SELECTION_STRATEGIES) -> dict:
+    """k-center and uncertainty (each also balanced over k-means clusters) vs random choices of `fraction`
+    of the train split."""
     prepared = Path(root) / params.data.prepared_dir
     meta = load_meta(prepared)
     device = setup_torch(params.pretrain.device)
@@ -137,13 +167,25 @@ def selection_vs_random(params: Params, root: Path, fraction: float = 0.01, seed
     vectors = torch.cat(list(embed_tensor(encoder, train.images, device)))
     budget = max(int(round(fraction * len(train))), meta["num_classes"])
     clusters = kmeans(vectors, meta["num_classes"], seed=params.seed)
+    recipe = finetune_recipe(params)
+
+    def probe_margins(seed: int) -> Callable[[list[int]], torch.Tensor]:
+        def margin_of(first: list[int]) -> torch.Tensor:
+            probe, _ = fit_cell(recipe, "linear", encoder, train.subset(first), val, meta["num_classes"], device,
+                                recipe.cell_seed(seed))
+            return _probe_margins(probe, train, device)
+        return margin_of
+
+    half = lambda s: random_choice(len(train), budget // 2, s)   # noqa: E731  (random's own first half)
     choosers = {"random": lambda s: random_choice(len(train), budget, s),
                 "kcenter": lambda s: kcenter_greedy(vectors, budget, seed=s),
                 "kcenter by cluster": lambda s: balanced_by_cluster(
-                    clusters, budget, lambda idx, q: kcenter_greedy(vectors[idx], q, seed=s))}
-    recipe = finetune_recipe(params)
+                    clusters, budget, lambda idx, q: kcenter_greedy(vectors[idx], q, seed=s)),
+                "uncertainty": lambda s: _uncertainty_round(half(s), budget, probe_margins(s), None),
+                "uncertainty by cluster": lambda s: _uncertainty_round(half(s), budget, probe_margins(s), clusters)}
     rows = []
-    for strategy, choose in choosers.items():
+    for strategy in strategies:
+        choose = choosers[strategy]
         for seed in range(seeds):
             idx = choose(seed)
             subset = train.subset(idx)
@@ -154,7 +196,7 @@ def selection_vs_random(params: Params, root: Path, fraction: float = 0.01, seed
                 acc = accuracy(model.to(device), test, device)
                 note(f"{strategy} seed {seed}: {len(idx)} labels, {classes} classes, {protocol} test acc {acc:.4f}")
                 rows.append({"strategy": strategy, "seed": seed, "protocol": protocol, "labels": len(idx),
-                             "classes_covered": classes, "accuracy": acc})
+                             "classes_covered": classes, "accuracy": acc, "chosen": [int(i) for i in idx]})
     return {"budget": budget, "fraction": fraction, "train_images": len(train), "num_classes": meta["num_classes"],
             "rows": rows}
 

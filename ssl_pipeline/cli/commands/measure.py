@@ -25,6 +25,8 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
                         help="labels chosen by k-center vs at random: linear probe and fine-tune test accuracy")
     s.add_argument("--fraction", type=float, default=0.01, help="share of the train split to label (default 0.01)")
     s.add_argument("--seeds", type=int, default=3, help="seeds per strategy (default 3)")
+    s.add_argument("--strategies", default=None,
+                   help="comma-separated strategies to measure (default: all; an unknown name lists them)")
     s.add_argument("--out", default="reports/measure/select", help="folder for result.json and report.md")
     m.set_defaults(func=cmd_measure)
 
@@ -46,7 +48,13 @@ def cmd_measure(args) -> int:
     else:
         if not 0 < args.fraction < 1 or args.seeds < 1:
             raise ValueError(f"--fraction must be in (0, 1) and --seeds at least 1, got {args.fraction}, {args.seeds}")
-        result = m.selection_vs_random(params, Path("."), args.fraction, args.seeds, note)
+        strategies = m.SELECTION_STRATEGIES if args.strategies is None else tuple(
+            name.strip() for name in args.strategies.split(",") if name.strip())
+        unknown = sorted(set(strategies) - set(m.SELECTION_STRATEGIES)) or ([] if strategies else ["(none)"])
+        if unknown:
+            raise ValueError(f"--strategies: unknown {', '.join(unknown)}; choose from "
+                             f"{', '.join(m.SELECTION_STRATEGIES)}")
+        result = m.selection_vs_random(params, Path("."), args.fraction, args.seeds, note, strategies)
         text = m.selection_markdown(result)
     m.write_report(result, text, Path(args.out))
     print(text)

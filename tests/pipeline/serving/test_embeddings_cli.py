@@ -213,10 +213,17 @@ def test_the_measurement_reports_run_on_the_workspace(ws, capsys):
     code, out, _ = run(capsys, "measure", "select", "--fraction", "0.1", "--seeds", "2", "--out", "m/select")
     result = json.loads((root / "m/select/result.json").read_text())
     budget = max(round(0.1 * result["train_images"]), 3)
-    assert code == 0 and result["budget"] == budget and len(result["rows"]) == 3 * 2 * 2   # strategies x seeds x protocols
-    assert {r["strategy"] for r in result["rows"]} == {"random", "kcenter", "kcenter by cluster"}
-    assert all(r["labels"] == budget and 0 <= r["accuracy"] <= 1 for r in result["rows"])
-    assert "| kcenter | linear |" in out
+    assert code == 0 and result["budget"] == budget and len(result["rows"]) == 5 * 2 * 2   # strategies x seeds x protocols
+    assert {r["strategy"] for r in result["rows"]} == {"random", "kcenter", "kcenter by cluster", "uncertainty",
+                                                       "uncertainty by cluster"}
+    assert all(r["labels"] == len(set(r["chosen"])) == budget and 0 <= r["accuracy"] <= 1 for r in result["rows"])
+    chosen = {(r["strategy"], r["seed"]): r["chosen"] for r in result["rows"]}
+    for seed in (0, 1):   # one active-learning round: random's own first half, then the probe's least sure
+        for strategy in ("uncertainty", "uncertainty by cluster"):
+            assert chosen[strategy, seed][:budget // 2] == chosen["random", seed][:budget // 2]
+    assert "| kcenter | linear |" in out and "| uncertainty by cluster | finetune |" in out
+    code, _, err = run(capsys, "measure", "select", "--strategies", "kcenter,entropy", "--out", "m/bad")
+    assert code != 0 and "unknown entropy" in err and not (root / "m/bad").exists()
     code, out, _ = run(capsys, "measure", "warm-start", "--set", "retrain.warm_epochs=1", "--set",
                        "retrain.warm_warmup_epochs=0", "--out", "m/warm")
     result = json.loads((root / "m/warm/result.json").read_text())
