@@ -37,8 +37,9 @@ class Rejected:
 def relative_posix(path: Path, root: Path) -> str:
     """`path` relative to `root`, with forward slashes (how reports and manifests name files)."""
     text, prefix = str(path), str(root) + os.sep
-    if text.startswith(prefix) and os.sep + ".." not in text:  # fast path for listed files
-        return Path(text[len(prefix):]).as_posix()
+    if text.startswith(prefix) and os.sep + ".." not in text:  # fast path for listed files (no Path: it is per file)
+        rel = text[len(prefix):]
+        return rel if os.sep == "/" else rel.replace(os.sep, "/")
     return Path(os.path.relpath(path, root)).as_posix()
 
 
@@ -119,11 +120,11 @@ class _Lister:
                         else:
                             stack.append(path)
                         continue
-                    if reason is None and not stat.S_ISREG(os.stat(path).st_mode):
+                    if reason is None and not stat.S_ISREG(entry.stat().st_mode):
                         reason = "not a regular file"  # a fifo or device would block or never end
                 except OSError as exc:
                     reason = f"unreadable entry ({exc.strerror or exc})"
-                ext = path.suffix.lower()
+                ext = os.path.splitext(entry.name)[1].lower()
                 if reason is None and ext not in IMAGE_EXTENSIONS:
                     reason = f"unsupported format {ext or '(no extension)'}"
                 if reason is None:

@@ -19,6 +19,7 @@ from typing import Callable
 import yaml
 
 from ssl_core.data.decode_task import hash_files
+from ssl_core.data.listing import relative_posix
 
 STAT_CACHE = Path(".ssl-pipeline/prepare-md5s.tsv")
 Runner = Callable   # runner(fn, tasks) -> results in task order (ssl_pipeline/ingest/workers.py)
@@ -84,7 +85,7 @@ def content_md5s(root: Path, raw_dir: Path, paths: list[Path], runner: Runner,
     stats: list[tuple[int, int, int] | None] = [None] * len(paths)
     todo: list[int] = []
     used = {"stat_cache": 0, "dvc": 0, "read": 0}
-    rels = [os.path.relpath(p, raw_dir) for p in paths]
+    rels = [relative_posix(p, raw_dir) for p in paths]
     for i, (path, rel) in enumerate(zip(paths, rels)):
         stats[i] = key = _stat_key(path)
         if key is None:
