@@ -130,3 +130,33 @@ def test_split_is_seeded_and_class_balanced(mnist):
         assert np.bincount(labels[test]).tolist() == [TEST_PER_CLASS] * 10
         assert np.bincount(labels[train]).tolist() == [400] * 10
         assert sorted(np.concatenate([train, test]).tolist()) == list(range(5000))
+
+
+def test_the_sharded_cache_holds_the_demos_pixels_exactly(demo, tmp_path):
+    """The demo's results do not depend on the cache format: at params.yaml's image size (28, MNIST's own)
+    every prepared image is its PNG's pixels, byte for byte, with its folder's class, in every split."""
+    import pandas as pd
+
+    from ssl_core.data.cache import STORE_DIR
+    from ssl_core.data.shards import ShardStore
+    from ssl_pipeline.config.schema import load_params
+    from ssl_pipeline.ingest.prepare import prepare
+
+    raw, _ = demo
+    root = tmp_path / "ws"
+    (root / "data").mkdir(parents=True)
+    os.symlink(raw, root / "data" / "raw")
+    params = load_params(Path(__file__).resolve().parents[3] / "params.yaml", ["prepare.workers=1"])
+    assert params.data.image_size == 28 and params.data.channels == "auto"
+    counts = prepare(params, root)["counts"]
+    assert counts["channels"] == 1 and counts["n_quarantined"] == 0
+    manifest = pd.read_csv(root / "data/prepared/manifest.csv", keep_default_na=False)
+    store = ShardStore(root / "data/prepared" / STORE_DIR)
+    cached = store.gather(manifest["row"].to_numpy())
+    assert cached.shape == (len(manifest), 1, 28, 28)
+    assert set(manifest["split"]) == {"train", "val", "test", "unlabeled"}
+    for path, image in zip(manifest["path"], cached):
+        with Image.open(raw / path) as im:
+            np.testing.assert_array_equal(image[0], np.asarray(im))
+    labeled = manifest[manifest["split"] != "unlabeled"]
+    assert len(labeled) == 5000 and (labeled["label"] == [int(p.split("/")[-2]) for p in labeled["path"]]).all()
