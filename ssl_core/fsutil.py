@@ -10,17 +10,25 @@ import json
 import os
 import time
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import IO, Any, Callable, Iterator
 
 
 def atomic_write_bytes(data, path: Path) -> None:
     """Temp file + fsync + rename (+ directory fsync): `path` holds the old bytes or the new, never a part."""
+    with atomic_open(path, "wb") as fh:
+        fh.write(data)
+
+
+@contextlib.contextmanager
+def atomic_open(path: Path, mode: str = "w", **open_args) -> Iterator[IO]:
+    """atomic_write_bytes for a file written piece by piece (a manifest of millions of rows is never
+    held in memory whole): `path` appears only when the block ends without an error."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     try:
-        with open(tmp, "wb") as fh:
-            fh.write(data)
+        with open(tmp, mode, **open_args) as fh:
+            yield fh
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)

@@ -8,6 +8,7 @@ Memory: one image per decode worker plus per-file bookkeeping (paths, md5s); nev
 """
 from __future__ import annotations
 
+import csv
 import dataclasses
 import json
 from pathlib import Path
@@ -18,7 +19,7 @@ import pandas as pd
 from ssl_core.data import images as img
 from ssl_core.data.cache import LABELED_SPLITS, SPLITS, STORE_DIR, load_meta, write_split_rows
 from ssl_core.data.listing import Rejected, list_labeled, list_unlabeled, relative_posix
-from ssl_core.fsutil import atomic_write_bytes, write_json
+from ssl_core.fsutil import atomic_open, atomic_write_bytes, write_json
 from ssl_pipeline.config.schema import Params
 from ssl_pipeline.errors import StageError
 from ssl_pipeline.ingest import hashing, prepared_store as store, splits, workers
@@ -226,17 +227,21 @@ def write_outputs(params: Params, out: Path, chosen: dict, classes: list[str], i
         "channel_ranges": [list(r) for r in settings.ranges] if settings.ranges else None,
         "decode_settings": settings.digest(), "carve": chosen["carve"],
         "counts": {name: len(chosen[name].rows) for name in SPLITS}})
-    rows = [{"split": name, "path": p, "label": int(y), "class": classes[y] if y >= 0 else "", "content_md5": m,
-             "content_sha1": h, "row": r}
-            for name in SPLITS for p, y, m, h, r in zip(chosen[name].paths, chosen[name].labels, chosen[name].md5s,
-                                                        chosen[name].pixel_sha1, chosen[name].rows)]
-    table = pd.DataFrame(rows, columns=["split", "path", "label", "class", "content_md5", "content_sha1", "row"])
-    # atomically: with DVC's hard links, writing into the old file in place would change DVC's cached copy
-    atomic_write_bytes(table.to_csv(index=False).encode(), out / "manifest.csv")
+    # streamed row by row (one row in memory, not a table of the whole set), and atomically: with DVC's
+    # hard links, writing into the old file in place would change DVC's cached copy
+    with atomic_open(out / "manifest.csv", "w", newline="") as fh:
+        writer = csv.writer(fh, lineterminator="\n")
+        writer.writerow(["split", "path", "label", "class", "content_md5", "content_sha1", "row"])
+        for name in SPLITS:
+            s = chosen[name]
+            writer.writerows((name, p, int(y), classes[y] if y >= 0 else "", m, h, r)
+                             for p, y, m, h, r in zip(s.paths, s.labels, s.md5s, s.pixel_sha1, s.rows))
 
 
 def write_quarantine(root: Path, rejected: list[Rejected], notes: list[tuple[str, str]]) -> None:
-    rows = [{"path": r.path, "action": "quarantined", "reason": r.reason} for r in rejected]
-    rows += [{"path": path, "action": "converted", "reason": note} for path, note in notes]
     (root / QUARANTINE_CSV).parent.mkdir(parents=True, exist_ok=True)
-    pd.DataFrame(rows, columns=["path", "action", "reason"]).to_csv(root / QUARANTINE_CSV, index=False)
+    with open(root / QUARANTINE_CSV, "w", newline="") as fh:
+        writer = csv.writer(fh, lineterminator="\n")
+        writer.writerow(["path", "action", "reason"])
+        writer.writerows((r.path, "quarantined", r.reason) for r in rejected)
+        writer.writerows((path, "converted", note) for path, note in notes)
