@@ -10,8 +10,9 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torchvision.models import resnet
-from torchvision.models.vision_transformer import VisionTransformer
+
+# torchvision is imported where a model is built, not here: the params schema imports this module for
+# BACKBONE_NAMES, and torchvision's import (about 1.2 s) would otherwise delay every command that reads params
 
 RESNET_NAMES = ("resnet18", "resnet34", "resnet50", "resnet_narrow")
 BACKBONE_NAMES = RESNET_NAMES + ("vit_tiny",)
@@ -35,6 +36,8 @@ class Backbone(nn.Module):
 
 
 def _resnet(name: str, in_channels: int, small_stem: bool, width: int, stem_stride: int = 1) -> tuple[nn.Module, int]:
+    from torchvision.models import resnet
+
     if name == "resnet_narrow":
         # ResNet-18 layout at a fraction of the width: what a 2-core CPU can pretrain in minutes.
         net = resnet.ResNet(resnet.BasicBlock, [2, 2, 2, 2], width_per_group=64)
@@ -55,6 +58,8 @@ def _resnet(name: str, in_channels: int, small_stem: bool, width: int, stem_stri
 
 def _rewidth(net: resnet.ResNet, width: int) -> resnet.ResNet:
     """Rebuild a BasicBlock ResNet whose stages have width, 2w, 4w, 8w channels."""
+    from torchvision.models import resnet
+
     narrow = resnet.ResNet.__new__(resnet.ResNet)
     nn.Module.__init__(narrow)
     narrow._norm_layer = nn.BatchNorm2d
@@ -79,6 +84,8 @@ class ViTTrunk(nn.Module):
     """torchvision VisionTransformer sized for 28-32 px images; returns the class token."""
 
     def __init__(self, image_size: int, in_channels: int, patch_size: int, dim: int = 192, depth: int = 6, heads: int = 3):
+        from torchvision.models.vision_transformer import VisionTransformer
+
         super().__init__()
         self.vit = VisionTransformer(image_size=image_size, patch_size=patch_size, num_layers=depth,
                                      num_heads=heads, hidden_dim=dim, mlp_dim=dim * 4, num_classes=1)
