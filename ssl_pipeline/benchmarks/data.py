@@ -47,7 +47,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--labeled-per-class", type=int, default=20)
     parser.add_argument("--pretrain-backbone", default="resnet_narrow")
     parser.add_argument("--pretrain-batch", type=int, default=64)
-    parser.add_argument("--pretrain-steps", type=int, default=5)
+    parser.add_argument("--pretrain-steps", type=int, default=30,
+                        help="timed steps per round (with a handful, full/model-only is step-to-step noise)")
     parser.add_argument("--workdir", default=None, help="where the set and workspace go (default: a temp folder)")
     parser.add_argument("--keep", action="store_true", help="keep the workdir afterwards")
     parser.add_argument("--seed", type=int, default=0)
@@ -59,7 +60,7 @@ def _cpu(children: bool = True) -> float:
     return usage.ru_utime + usage.ru_stime
 
 
-def _timed(fn, children: bool = False) -> tuple[object, dict]:
+def timed(fn, children: bool = False) -> tuple[object, dict]:
     cpu, load, start = _cpu(children) + (_cpu(False) if children else 0), os.getloadavg()[0], time.perf_counter()
     result = fn()
     wall = time.perf_counter() - start
@@ -145,8 +146,8 @@ def make_workspace(work: Path, args: argparse.Namespace) -> Path:
 
 def import_step(work: Path, root: Path, args: argparse.Namespace) -> dict:
     raw = root / "data/raw"
-    _, copy = _timed(lambda: import_folder(work / "source/unlabeled", "unlabeled", raw))
-    _, dvc_add = _timed(lambda: dvcops.track(root, ["data/raw/unlabeled"]), children=True)
+    _, copy = timed(lambda: import_folder(work / "source/unlabeled", "unlabeled", raw))
+    _, dvc_add = timed(lambda: dvcops.track(root, ["data/raw/unlabeled"]), children=True)
     import_folder(work / "source/labeled", "labeled", raw)
     dvcops.track(root, ["data/raw/labeled"])
     sample = next((raw / "unlabeled").iterdir())
@@ -225,7 +226,7 @@ def run(args: argparse.Namespace) -> dict:
         before = shard_digests(root)
         added = max(1, round(args.images * args.added))
         write_photos(root / "data/raw/unlabeled", args.images, args.images + added, args.seed, workers, prefix="new_")
-        _, dvc_add = _timed(lambda: dvcops.track(root, ["data/raw/unlabeled"]), children=True)
+        _, dvc_add = timed(lambda: dvcops.track(root, ["data/raw/unlabeled"]), children=True)
         again = prepare_once(root, workers)
         after = shard_digests(root)
         result["re_prepare"] = {"added": added, "dvc_add": dvc_add, **again,
