@@ -27,3 +27,31 @@ def test_bench_data_reports_every_figure(tmp_path, capsys):
     assert result["cache_bytes"] == (60 + 16) * 3 * 32 * 32
     assert result["pretrain"]["full_over_model_only"] > 0 and result["pretrain"]["rss_anon_max_mb"] > 0
     assert not (tmp_path / "work").exists()   # cleaned up without --keep
+
+
+def test_bench_data_again_on_a_kept_workspace(tmp_path, capsys):
+    """benchmarks/bench_data_again.py (the README's re-measurement): a full prepare from scratch, then exactly
+    the added photos decoded, the old shards' bytes kept; twice on the same workspace, new photos each time."""
+    import os
+    import subprocess
+    import sys
+
+    from fixtures_repo import PROJECT_ROOT
+    from ssl_pipeline.cli.main import main
+
+    work = tmp_path / "work"
+    assert main(["bench", "data", "--images", "40", "--image-size", "32", "--workers", "1", "--classes", "2",
+                 "--labeled-per-class", "8", "--pretrain-batch", "16", "--pretrain-steps", "1",
+                 "--workdir", str(work), "--keep"]) == 0
+    for run in (1, 2):
+        out = tmp_path / f"again{run}.json"
+        done = subprocess.run([sys.executable, str(PROJECT_ROOT / "benchmarks/bench_data_again.py"), str(work),
+                               "--added", "4", "--workers", "1", "--pretrain-steps", "1", "--output", str(out)],
+                              cwd=PROJECT_ROOT, capture_output=True, text=True,
+                              env={**os.environ, "PYTHONPATH": str(PROJECT_ROOT)})
+        assert done.returncode == 0, done.stderr[-3000:]
+        result = json.loads(out.read_text())
+        full, again = result["full_1_workers"], result["re_prepare"]
+        assert full["counts"]["n_decoded"] == 40 + 1 + 4 * (run - 1) + 16   # the bench's 1 % added, earlier runs' 4
+        assert again["counts"]["n_decoded"] == 4 and again["old_shards_unchanged"]
+        assert result["pretrain"]["rss_anon_max_mb"] > 0
