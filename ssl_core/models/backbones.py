@@ -12,7 +12,8 @@ import torch.nn.functional as F
 from torch import nn
 
 # torchvision is imported where a model is built, not here: the params schema imports this module for
-# BACKBONE_NAMES, and torchvision's import (about 1.2 s) would otherwise delay every command that reads params
+# BACKBONE_NAMES, and torchvision's import would otherwise delay every command that reads params (README:
+# "Your data at scale" has the measured cost)
 
 RESNET_NAMES = ("resnet18", "resnet34", "resnet50", "resnet_narrow")
 BACKBONE_NAMES = RESNET_NAMES + ("vit_tiny",)
