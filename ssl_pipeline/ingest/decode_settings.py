@@ -11,6 +11,7 @@ per-channel ranges that map sources deeper than 8 bits onto 0..255.
 from __future__ import annotations
 
 import dataclasses
+import functools
 from pathlib import Path
 
 from ssl_core.data import bands
@@ -50,19 +51,12 @@ def decode_settings(params: Params, items: dict[str, list[tuple[Path, int]]], md
     pool = [(p, md5s[offset + i]) for i, (p, _) in enumerate(items[pool_name]) if p.suffix.lower() in _MAYBE_DEEP]
     chosen = _lowest([p for p, _ in pool], [m for _, m in pool], RANGE_FILES, params.seed, "range")
     tasks = [tuple(str(p) for p in chosen[k:k + 32]) for k in range(0, len(chosen), 32)]
-    samples = [s for batch in run(_SampleTask(base), tasks) for s in batch]
+    # a partial of a torch-free ssl_core function: a worker unpickles it without importing this package
+    # (and torch through the schema), which would add that import's memory to every worker
+    samples = [s for batch in run(functools.partial(sample_deep_pixels, settings=base), tasks) for s in batch]
     if not samples:
         return base
     ranges = tuple(bands.measure_ranges(samples, tuple(d.range_percentiles)))
     log.info("prepare: per-channel ranges of the deep sources (%d files of the %s pool, percentiles %s): %s",
              len(samples), pool_name, list(d.range_percentiles), [[round(a, 4), round(b, 4)] for a, b in ranges])
     return dataclasses.replace(base, ranges=ranges)
-
-
-@dataclasses.dataclass(frozen=True)
-class _SampleTask:
-    """A picklable task function: pixel samples of a batch of files under fixed settings."""
-    settings: DecodeSettings
-
-    def __call__(self, paths: tuple[str, ...]):
-        return sample_deep_pixels(paths, self.settings)

@@ -149,3 +149,33 @@ def test_multi_band_set_prepares_with_measured_ranges(tmp_path):
     assert ranges.shape == (13, 2) and (ranges[:, 1] > ranges[:, 0]).all()
     images = load_split(root / "data/prepared", "train").images
     assert tuple(images.shape[1:]) == (13, 8, 8)
+
+
+def test_worker_tasks_load_without_torch_or_the_pipeline(tmp_path, monkeypatch):
+    """What a decode worker unpickles imports only ssl_core's torch-free data modules: a task from the
+    pipeline package would import the schema and torch in every worker (about 0.5 GB each)."""
+    import contextlib
+    import pickle
+    import subprocess
+    import sys
+
+    from ssl_pipeline.ingest import workers
+
+    sent = {}
+
+    @contextlib.contextmanager
+    def recording_runner(n, address=""):
+        def submit_all(fn, tasks, done):
+            if tasks:
+                sent[repr(fn)[:80]] = pickle.dumps(fn)
+            return workers._in_process(fn, tasks, done)
+        yield workers.Runner(submit_all, "recorded")
+
+    monkeypatch.setattr(workers, "runner", recording_runner)
+    run(make_root(tmp_path))   # PNGs: the channel-range sampling runs as tasks too
+    assert len(sent) == 3, list(sent)   # hashing, range sampling, decoding
+    check = ("import pickle, sys; pickle.loads(sys.stdin.buffer.read()); "
+             "print(sorted(m for m in ('torch', 'ssl_pipeline', 'pandas') if m in sys.modules))")
+    for name, payload in sent.items():
+        out = subprocess.run([sys.executable, "-c", check], input=payload, capture_output=True, check=True)
+        assert out.stdout.decode().strip() == "[]", (name, out.stdout, out.stderr[-500:])
