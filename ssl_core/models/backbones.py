@@ -57,7 +57,7 @@ def _resnet(name: str, in_channels: int, small_stem: bool, width: int, stem_stri
     return net, out_dim
 
 
-def _rewidth(net: resnet.ResNet, width: int) -> resnet.ResNet:
+def _rewidth(net: nn.Module, width: int) -> nn.Module:
     """Rebuild a BasicBlock ResNet whose stages have width, 2w, 4w, 8w channels."""
     from torchvision.models import resnet
 
